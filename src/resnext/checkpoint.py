@@ -1,0 +1,128 @@
+"""Training checkpoints: atomic writes, validation on read, retention, and discovery for `--resume auto`.
+
+A checkpoint is a plain dict of tensors, numbers and strings (docs/ARCHITECTURE.md lists the keys), saved with
+`torch.save` and read with `weights_only=True`, so reading one never runs code.
+"""
+from __future__ import annotations
+
+import io
+import os
+import re
+import tempfile
+import warnings
+from pathlib import Path
+from typing import Callable
+
+import torch
+
+from .errors import UserError
+
+FORMAT = "resnext.checkpoint"
+FORMAT_VERSION = 1
+_NUMBERED = re.compile(r"^checkpoint-(\d+)-(\d+)\.pt$")  # checkpoint-<epoch>-<global step>.pt
+
+
+def atomic_write(path: str | os.PathLike, write: Callable[[io.BufferedWriter], None]) -> Path:
+    """Write a file so that `path` holds either its old content or the complete new one, never a torn mix.
+
+    The data goes to a temporary file in the same folder, is flushed and fsync'ed, then renamed over `path`,
+    and the folder is fsync'ed so the rename itself survives a power cut. A failure removes the temporary file
+    and re-raises, leaving any previous `path` untouched.
+    """
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "wb") as handle:
+            write(handle)
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        try:
+            os.unlink(tmp)
+        except FileNotFoundError:
+            pass
+        raise
+    try:
+        dir_fd = os.open(path.parent, os.O_RDONLY)
+    except OSError:  # some filesystems do not allow opening folders; the rename is still atomic
+        return path
+    try:
+        os.fsync(dir_fd)
+    except OSError:
+        pass
+    finally:
+        os.close(dir_fd)
+    return path
+
+
+def save_checkpoint(path: str | os.PathLike, state: dict) -> Path:
+    """Atomically write a checkpoint dict (format tags added)."""
+    payload = {"format": FORMAT, "format_version": FORMAT_VERSION, **state}
+    return atomic_write(path, lambda handle: torch.save(payload, handle))
+
+
+def read_checkpoint(path: str | os.PathLike) -> dict:
+    """Load one of our checkpoints safely; a UserError names the file when it is missing, torn or foreign."""
+    path = Path(path)
+    if not path.is_file():
+        raise UserError(f"checkpoint '{path}' does not exist.")
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as err:  # torch raises many types for torn zip files and refused pickles
+        raise UserError(f"checkpoint '{path}' cannot be read ({_first_line(err)}); "
+                        "it is truncated, corrupt or not a PyTorch file.") from None
+    if not isinstance(state, dict) or state.get("format") != FORMAT:
+        raise UserError(f"'{path}' is not a resnext training checkpoint; "
+                        "to load model weights from it use --weights / resnext.load_weights.")
+    if state.get("format_version", 0) > FORMAT_VERSION:
+        raise UserError(f"checkpoint '{path}' was written by a newer resnext (format "
+                        f"{state['format_version']}); upgrade resnext to read it.")
+    return state
+
+
+def checkpoint_name(epoch: int, global_step: int) -> str:
+    return f"checkpoint-{epoch:04d}-{global_step:08d}.pt"
+
+
+def list_checkpoints(workspace: str | os.PathLike) -> list[Path]:
+    """Numbered checkpoints in `workspace`, newest (highest global step) first."""
+    workspace = Path(workspace)
+    if not workspace.is_dir():
+        return []
+    found = []
+    for entry in workspace.iterdir():
+        match = _NUMBERED.match(entry.name)
+        if match and entry.is_file():
+            found.append((int(match.group(2)), int(match.group(1)), entry))
+    return [entry for *_, entry in sorted(found, reverse=True)]
+
+
+def find_resume_checkpoint(workspace: str | os.PathLike) -> tuple[Path, dict] | None:
+    """The newest checkpoint in `workspace` that loads, with its state; broken ones are skipped with a warning."""
+    for path in list_checkpoints(workspace):
+        try:
+            return path, read_checkpoint(path)
+        except UserError as err:
+            warnings.warn(f"skipping unreadable checkpoint: {err}", stacklevel=2)
+    return None
+
+
+def prune_checkpoints(workspace: str | os.PathLike, keep: int) -> list[Path]:
+    """Delete all but the `keep` newest numbered checkpoints (keep <= 0 keeps all); returns what was removed."""
+    if keep <= 0:
+        return []
+    removed = []
+    for path in list_checkpoints(workspace)[keep:]:
+        try:
+            path.unlink()
+            removed.append(path)
+        except FileNotFoundError:
+            pass
+    return removed
+
+
+def _first_line(err: BaseException) -> str:
+    text = str(err).strip().splitlines()
+    return text[0][:200] if text else type(err).__name__

@@ -1,0 +1,69 @@
+"""The `resnext` command: parses arguments, calls the library, turns user errors into one-line messages.
+
+Each subcommand lives in its own module with `add_arguments(parser)` and `run(args) -> int`; this file
+only wires them together and owns the error policy (no traceback for anything a user can cause).
+"""
+from __future__ import annotations
+
+import argparse
+import importlib
+import sys
+
+from ..errors import UserError
+
+# name -> (module, one-line help). Modules are imported only when their command runs, so `resnext info`
+# does not pay for onnx, matplotlib or DALI.
+COMMANDS: dict[str, tuple[str, str]] = {
+    "info": ("info", "parameters, GMACs and per-stage table of an architecture"),
+}
+
+
+class Parser(argparse.ArgumentParser):
+    """argparse with a one-line error that points at --help instead of printing the whole usage."""
+
+    def error(self, message: str) -> None:  # type: ignore[override]
+        self.exit(2, f"{self.prog}: error: {message} (see '{self.prog} --help')\n")
+
+
+def build_parser() -> Parser:
+    from .. import __version__
+
+    parser = Parser(prog="resnext", description="ResNeXt101-32x4d and its family: train, evaluate, export.")
+    parser.add_argument("--version", action="version", version=f"resnext {__version__}")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=Parser)
+    for name, (module_name, help_text) in COMMANDS.items():
+        module = importlib.import_module(f".{module_name}", __name__)
+        command = sub.add_parser(name, help=help_text, description=module.__doc__,
+                                 formatter_class=argparse.RawDescriptionHelpFormatter)
+        module.add_arguments(command)
+        command.set_defaults(_run=module.run)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if args.command is None:
+        parser.print_help()
+        return 2
+    prog = f"resnext {args.command}"
+    try:
+        return int(args._run(args) or 0)
+    except UserError as err:
+        print(f"{prog}: error: {err}", file=sys.stderr)
+        return err.exit_code
+    except KeyboardInterrupt:
+        print(f"{prog}: interrupted", file=sys.stderr)
+        return 130
+    except MemoryError:
+        print(f"{prog}: error: out of memory; lower --batch-size or the image size.", file=sys.stderr)
+        return 1
+    except OSError as err:
+        # Disk full, permission denied, a path that vanished: the environment, not a bug in resnext.
+        where = f": {err.filename}" if getattr(err, "filename", None) else ""
+        print(f"{prog}: error: {err.strerror or err}{where}", file=sys.stderr)
+        return 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,8 @@
+"""Errors a user can cause. The CLI prints their message as one line and exits non-zero, without a traceback."""
+
+
+class UserError(Exception):
+    """A problem with the user's input (a flag, a path, a file): the message says what and how to fix it."""
+
+    exit_code = 2
+
