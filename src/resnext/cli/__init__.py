@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import argparse
 import importlib
+import logging
 import sys
 
 from ..errors import UserError
@@ -47,6 +48,9 @@ def main(argv: list[str] | None = None) -> int:
         parser.print_help()
         return 2
     prog = f"resnext {args.command}"
+    # Library notices (skipped files, a classifier head left untrained, a corrupt checkpoint passed over) go
+    # through the "resnext" logger; on the command line they are plain lines on stderr.
+    logging.basicConfig(level=logging.INFO, format="%(message)s", stream=sys.stderr)
     try:
         return int(args._run(args) or 0)
     except UserError as err:
