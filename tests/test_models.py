@@ -11,6 +11,7 @@ EXPECTED_PARAMS = {
     "resnext101_32x4d": 44_177_704,
     "resnet50": 25_557_032,
     "se_resnext101_32x4d": 48_955_416,  # same as timm's seresnext101_32x4d
+    "se_resnext101_32x4d_nvidia": 45_251_128,  # NVIDIA's: a 16-channel squeeze in every block
     "resnext50_32x4d": 25_028_904,
     "resnext101_32x8d": 88_791_336,
     "resnext101_64x4d": 83_455_272,
@@ -58,7 +59,7 @@ def test_torchvision_weights_give_identical_logits():
 
 
 @pytest.mark.parametrize("alias, canonical", [("resnext101-32x4d", "resnext101_32x4d"),
-                                              ("se-resnext101-32x4d", "se_resnext101_32x4d"),
+                                              ("se-resnext101-32x4d", "se_resnext101_32x4d_nvidia"),
                                               ("ResNeXt101_32x4d", "resnext101_32x4d")])
 def test_nvidia_spellings_are_aliases(alias, canonical):
     assert resnext.create_model(alias, num_classes=3).arch == canonical

@@ -4,12 +4,18 @@ The public API (stable):
     list_models()                                   names of the architectures
     create_model(arch, num_classes=1000, **options) a freshly initialised nn.Module
     load_weights(model, source, strict=True)        load any public checkpoint layout, safely
+    load_model(source, arch=None, num_classes=None) build the model a weights file holds, with its metadata
     model_summary(arch_or_model, image_size=224)    parameters, GMACs, activations per stage
+    read_log(run_dir_or_log) -> RunLog              a training log as one timeline (resumes, partial logs)
+    write_report(run_dirs, output=None) -> Path     HTML page + PNG figures of one run or several overlaid
 """
 from .errors import UserError
 from .models import create_model, list_models
+from .report import read_log, write_report
 from .summary import model_summary
+from .weights import load_model, load_weights
 
 __version__ = "0.1.0"
 
-__all__ = ["UserError", "create_model", "list_models", "model_summary", "__version__"]
+__all__ = ["UserError", "create_model", "list_models", "load_model", "load_weights", "model_summary",
+           "read_log", "write_report", "__version__"]

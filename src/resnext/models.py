@@ -22,7 +22,8 @@ class ArchSpec:
     blocks: tuple[int, int, int, int]
     groups: int = 1
     width_per_group: int = 64
-    se_reduction: int | None = None  # squeeze-excitation ratio; None means no SE
+    se_reduction: int | None = None  # squeeze-excitation ratio (timm); None means no SE, unless se_channels
+    se_channels: int | None = None  # fixed squeeze width in every block (NVIDIA's SE-ResNeXt: 16)
     base_width: int = 64  # stem channels and the first stage's "planes"; the stages double it
     description: str = ""
 
@@ -32,7 +33,10 @@ ARCHS: dict[str, ArchSpec] = {
                                  description="the product's model: NVIDIA's ResNeXt101-32x4d"),
     "resnet50": ArchSpec((3, 4, 6, 3), description="ResNet-50 v1.5"),
     "se_resnext101_32x4d": ArchSpec((3, 4, 23, 3), groups=32, width_per_group=4, se_reduction=16,
-                                    description="ResNeXt101-32x4d with squeeze-excitation (ratio 16)"),
+                                    description="ResNeXt101-32x4d with squeeze-excitation, ratio 16 (timm's)"),
+    "se_resnext101_32x4d_nvidia": ArchSpec((3, 4, 23, 3), groups=32, width_per_group=4, se_channels=16,
+                                           description="NVIDIA's SE-ResNeXt101-32x4d: every SE squeezes to 16 "
+                                                       "channels"),
     "resnext50_32x4d": ArchSpec((3, 4, 6, 3), groups=32, width_per_group=4, description="ResNeXt50-32x4d"),
     "resnext101_32x8d": ArchSpec((3, 4, 23, 3), groups=32, width_per_group=8, description="ResNeXt101-32x8d"),
     "resnext101_64x4d": ArchSpec((3, 4, 23, 3), groups=64, width_per_group=4, description="ResNeXt101-64x4d"),
@@ -44,7 +48,8 @@ ARCHS: dict[str, ArchSpec] = {
 # NVIDIA's spellings (Deep Learning Examples `--arch` values) and other names users type.
 ALIASES: dict[str, str] = {
     "resnext101-32x4d": "resnext101_32x4d",
-    "se-resnext101-32x4d": "se_resnext101_32x4d",
+    # NVIDIA's own spelling means NVIDIA's network (fixed 16-channel squeeze), so its NGC weights load.
+    "se-resnext101-32x4d": "se_resnext101_32x4d_nvidia",
     "seresnext101_32x4d": "se_resnext101_32x4d",
     "resnet-50": "resnet50",
     "resnext50-32x4d": "resnext50_32x4d",
@@ -59,9 +64,8 @@ CONV_INITS = ("fan_in", "fan_out")
 class SqueezeExcite(nn.Module):
     """Channel attention: global pool, bottleneck of 1x1 convolutions, sigmoid gate."""
 
-    def __init__(self, channels: int, reduction: int) -> None:
+    def __init__(self, channels: int, hidden: int) -> None:
         super().__init__()
-        hidden = channels // reduction
         self.fc1 = nn.Conv2d(channels, hidden, 1, bias=True)
         self.act = nn.ReLU(inplace=True)
         self.fc2 = nn.Conv2d(hidden, channels, 1, bias=True)
@@ -75,7 +79,7 @@ class Bottleneck(nn.Module):
     expansion = 4
 
     def __init__(self, inplanes: int, planes: int, stride: int, downsample: nn.Module | None,
-                 groups: int, width_per_group: int, se_reduction: int | None) -> None:
+                 groups: int, width_per_group: int, se_hidden: int | None) -> None:
         super().__init__()
         width = int(planes * (width_per_group / 64.0)) * groups
         out = planes * self.expansion
@@ -86,7 +90,7 @@ class Bottleneck(nn.Module):
         self.bn2 = nn.BatchNorm2d(width)
         self.conv3 = nn.Conv2d(width, out, 1, bias=False)
         self.bn3 = nn.BatchNorm2d(out)
-        self.se = SqueezeExcite(out, se_reduction) if se_reduction else None
+        self.se = SqueezeExcite(out, se_hidden) if se_hidden else None
         self.relu = nn.ReLU(inplace=True)
         self.downsample = downsample
 
@@ -130,8 +134,9 @@ class ResNet(nn.Module):
         if stride != 1 or inplanes != out:
             downsample = nn.Sequential(nn.Conv2d(inplanes, out, 1, stride=stride, bias=False), nn.BatchNorm2d(out))
         spec = self.spec
-        blocks = [Bottleneck(inplanes, planes, stride, downsample, spec.groups, spec.width_per_group, spec.se_reduction)]
-        blocks += [Bottleneck(out, planes, 1, None, spec.groups, spec.width_per_group, spec.se_reduction)
+        se_hidden = spec.se_channels or (out // spec.se_reduction if spec.se_reduction else None)
+        blocks = [Bottleneck(inplanes, planes, stride, downsample, spec.groups, spec.width_per_group, se_hidden)]
+        blocks += [Bottleneck(out, planes, 1, None, spec.groups, spec.width_per_group, se_hidden)
                    for _ in range(depth - 1)]
         return nn.Sequential(*blocks), out
 

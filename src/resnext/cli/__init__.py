@@ -16,6 +16,10 @@ from ..errors import UserError
 # does not pay for onnx, matplotlib or DALI.
 COMMANDS: dict[str, tuple[str, str]] = {
     "info": ("info", "parameters, GMACs and per-stage table of an architecture"),
+    "data": ("data", "check a dataset, write the embedded one, build benchmark folders, compare backends"),
+    "train": ("train", "train with NVIDIA's recipe (one process or torchrun)"),
+    "demo": ("demo", "train and evaluate on the embedded dataset in a few minutes"),
+    "report": ("report", "HTML page with loss, accuracy, LR and throughput figures from training logs"),
 }
 
 
@@ -26,7 +30,7 @@ class Parser(argparse.ArgumentParser):
         self.exit(2, f"{self.prog}: error: {message} (see '{self.prog} --help')\n")
 
 
-def build_parser() -> Parser:
+def build_parser(argv: list[str] | None = None) -> Parser:
     from .. import __version__
 
     parser = Parser(prog="resnext", description="ResNeXt101-32x4d and its family: train, evaluate, export.")
@@ -37,12 +41,15 @@ def build_parser() -> Parser:
         command = sub.add_parser(name, help=help_text, description=module.__doc__,
                                  formatter_class=argparse.RawDescriptionHelpFormatter)
         module.add_arguments(command)
+        if hasattr(module, "prepare") and argv and argv[0] == name:
+            module.prepare(command, argv[1:])  # e.g. train's --preset sets defaults before parsing
         command.set_defaults(_run=module.run)
     return parser
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = build_parser()
+    argv = sys.argv[1:] if argv is None else argv
+    parser = build_parser(argv)
     args = parser.parse_args(argv)
     if args.command is None:
         parser.print_help()
