@@ -8,8 +8,8 @@ from __future__ import annotations
 import io
 import os
 import re
+import logging
 import tempfile
-import warnings
 from pathlib import Path
 from typing import Callable
 
@@ -19,6 +19,7 @@ from .errors import UserError
 
 FORMAT = "resnext.checkpoint"
 FORMAT_VERSION = 1
+notices = logging.getLogger("resnext")
 _NUMBERED = re.compile(r"^checkpoint-(\d+)-(\d+)\.pt$")  # checkpoint-<epoch>-<global step>.pt
 
 
@@ -105,7 +106,7 @@ def find_resume_checkpoint(workspace: str | os.PathLike) -> tuple[Path, dict] | 
         try:
             return path, read_checkpoint(path)
         except UserError as err:
-            warnings.warn(f"skipping unreadable checkpoint: {err}", stacklevel=2)
+            notices.warning(f"warning: skipping unreadable checkpoint: {err}")
     return None
 
 

@@ -8,6 +8,7 @@ from __future__ import annotations
 import argparse
 import importlib
 import logging
+import os
 import sys
 
 from ..errors import UserError
@@ -20,6 +21,11 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "train": ("train", "train with NVIDIA's recipe (one process or torchrun)"),
     "demo": ("demo", "train and evaluate on the embedded dataset in a few minutes"),
     "report": ("report", "HTML page with loss, accuracy, LR and throughput figures from training logs"),
+    "evaluate": ("evaluate", "top-1/top-5, img/s and latency percentiles of weights on a validation folder"),
+    "predict": ("predict", "top-k class names of image files, folders or glob patterns"),
+    "export": ("export", "verified ONNX, TorchScript, ExportedProgram, safetensors or Triton repository"),
+    "serve": ("serve", "Triton Inference Server (PyTriton) with dynamic batching, HTTP and gRPC"),
+    "benchmark": ("benchmark", "img/s, step time, peak memory and MFU of training, inference or data loading"),
 }
 
 
@@ -63,6 +69,11 @@ def main(argv: list[str] | None = None) -> int:
     except UserError as err:
         print(f"{prog}: error: {err}", file=sys.stderr)
         return err.exit_code
+    except BrokenPipeError:
+        # `resnext ... | head` closed the pipe: not an error worth a message. Point stdout at devnull so the
+        # interpreter's final flush does not complain either.
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 0
     except KeyboardInterrupt:
         print(f"{prog}: interrupted", file=sys.stderr)
         return 130

@@ -1,0 +1,122 @@
+"""Data: dataset folders, the embedded demo dataset, and five backends behind one loader interface.
+
+    from resnext.data import create_loader, embedded
+    loader = create_loader("pytorch", embedded.materialize(), train=True, batch_size=64, image_size=32, workers=2)
+    for epoch in range(epochs):
+        loader.set_epoch(epoch)
+        for images, labels in loader:   # normalized float32 images and int64 labels, on the device
+            ...
+
+docs/ARCHITECTURE.md ("Data contract") is the interface; docs/data.md explains the backends and their numbers.
+"""
+from __future__ import annotations
+
+import difflib
+import os
+
+import torch
+
+from ..errors import UserError
+from ..recipe import DATA_BACKENDS as BACKENDS
+from .decode import UnreadableImageError, load_image, max_image_pixels
+from .folder import IMAGE_EXTENSIONS, ImageFolder, find_dataset, resolve_split
+from .transforms import IMAGENET_MEAN, IMAGENET_STD, EvalPreprocess, TrainAugment, eval_transform, normalize_batch
+
+__all__ = ["BACKENDS", "create_loader", "find_dataset", "resolve_device", "ImageFolder", "IMAGE_EXTENSIONS",
+           "UnreadableImageError", "load_image", "eval_transform", "normalize_batch", "IMAGENET_MEAN", "IMAGENET_STD"]
+
+MEMORY_FORMATS = (torch.contiguous_format, torch.channels_last)
+
+
+def _check_positive(**values: int) -> None:
+    for name, value in values.items():
+        if not isinstance(value, int) or value < 1:
+            raise UserError(f"{name} must be a whole number >= 1, got {value!r}.")
+
+
+def resolve_device(device: str | torch.device | None) -> torch.device:
+    """`device` as a torch.device (default: CUDA when there is one, else the CPU); UserError if it is unusable."""
+    if device is None:
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        device = torch.device(device)
+    except (RuntimeError, TypeError):
+        raise UserError(f"unknown device '{device}'; use cpu, cuda or cuda:N.") from None
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise UserError(f"device '{device}' was asked for but PyTorch sees no CUDA GPU; use --device cpu.")
+    return device
+
+
+def create_loader(backend: str, root: str | os.PathLike | None = None, *, train: bool = True, batch_size: int = 256,
+                  image_size: int = 224, crop_pct: float = 0.875, interpolation: str = "bilinear", workers: int = 4,
+                  device: str | torch.device | None = None,
+                  memory_format: torch.memory_format = torch.contiguous_format, rank: int = 0, world_size: int = 1,
+                  seed: int = 0, drop_last: bool | None = None, num_classes: int | None = None,
+                  augmentation: str | None = None, prefetch: int = 2, synthetic_batches_per_epoch: int = 100):
+    """A loader of (images, labels) device batches; see docs/ARCHITECTURE.md "Data contract".
+
+    backend: pytorch | gpu | dali-cpu | dali-gpu | synthetic.
+    root: a split folder (one sub-folder of images per class) or a dataset root holding train/ and val/
+        (then `train` picks the split). Not used by synthetic.
+    train: training augmentation (RandomResizedCrop + flip [+ AutoAugment]), shuffling and disjoint shards;
+        else eval preprocessing (resize to round(image_size / crop_pct), center crop) in file order.
+    batch_size: per process. drop_last: default `train`.
+    workers: worker processes (pytorch, gpu) or DALI threads; 0 reads in the main process.
+    prefetch: batches each worker (or DALI) prepares ahead.
+    num_classes: the synthetic label range (default 1000); for folder backends, when given, it must equal
+        the number of class folders.
+    augmentation: None or "autoaugment" (pytorch and gpu backends).
+    synthetic_batches_per_epoch: len() of the synthetic loader.
+    """
+    if backend not in BACKENDS:
+        close = difflib.get_close_matches(str(backend), BACKENDS, n=1)
+        hint = f"did you mean '{close[0]}'? " if close else ""
+        raise UserError(f"unknown data backend '{backend}'; {hint}choose one of {', '.join(BACKENDS)}.")
+    _check_positive(batch_size=batch_size, image_size=image_size, prefetch=prefetch, world_size=world_size)
+    if not isinstance(workers, int) or workers < 0:
+        raise UserError(f"workers must be a whole number >= 0, got {workers!r}.")
+    if not 0 <= rank < world_size:
+        raise UserError(f"rank must be in [0, {world_size}), got {rank}.")
+    if memory_format not in MEMORY_FORMATS:
+        raise UserError(f"memory_format must be torch.contiguous_format or torch.channels_last, got {memory_format}.")
+    device = resolve_device(device)
+    if backend == "synthetic":
+        _check_positive(synthetic_batches_per_epoch=synthetic_batches_per_epoch)
+        from .synthetic import SyntheticLoader
+
+        return SyntheticLoader(batch_size=batch_size, image_size=image_size, num_classes=num_classes or 1000,
+                               device=device, memory_format=memory_format, rank=rank, world_size=world_size, seed=seed,
+                               batches_per_epoch=synthetic_batches_per_epoch)
+
+    if root is None:
+        raise UserError(f"the {backend} backend reads a dataset folder; give its path "
+                        "(or use --data-backend synthetic).")
+    preprocess = (TrainAugment(image_size, interpolation, augmentation) if train
+                  else EvalPreprocess(image_size, crop_pct, interpolation))
+    folder = ImageFolder(resolve_split(root, train))
+    if num_classes is not None and num_classes != len(folder.class_names):
+        raise UserError(f"'{folder.root}' has {len(folder.class_names)} class folders but num_classes is "
+                        f"{num_classes}; leave num_classes out to take it from the dataset.")
+    common = dict(train=train, batch_size=batch_size, workers=workers, device=device, memory_format=memory_format,
+                  rank=rank, world_size=world_size, seed=seed, drop_last=train if drop_last is None else drop_last,
+                  prefetch=prefetch)
+    if backend.startswith("dali"):
+        if augmentation is not None:
+            raise UserError(f"--augmentation {augmentation} runs in the pytorch and gpu backends, not in {backend} "
+                            "(as in NVIDIA's code); choose --data-backend pytorch or gpu.")
+        from .dali import DaliLoader
+
+        loader = DaliLoader(folder, decode_on_gpu=backend == "dali-gpu", image_size=image_size, crop_pct=crop_pct,
+                            interpolation=interpolation, **common)
+    elif backend == "gpu":
+        from .gpu import GpuLoader
+
+        loader = GpuLoader(folder, preprocess=preprocess, max_pixels=max_image_pixels(), **common)
+    else:
+        from .pytorch import PytorchLoader
+
+        loader = PytorchLoader(folder, preprocess=preprocess, max_pixels=max_image_pixels(), **common)
+    if train and len(loader) == 0:
+        raise UserError(f"'{folder.root}' has {len(folder)} images, fewer than one batch of {batch_size} per process "
+                        f"({world_size} processes); lower the batch size.")
+    return loader

@@ -1,0 +1,166 @@
+"""The recipe's preprocessing, shared by every backend that runs in PyTorch and by evaluate/predict/export.
+
+Train (NVIDIA's recipe): RandomResizedCrop (area 0.08-1, aspect 3/4-4/3) to `image_size`, horizontal flip
+with probability 1/2, optional AutoAugment (ImageNet policy). Eval: resize the shorter side to
+round(image_size / crop_pct), center crop `image_size`. Both resize with antialiasing. Normalization with
+ImageNet's mean/std runs on the device, on uint8 batches (`normalize_batch`).
+
+The crop box, the flip and the AutoAugment choices of a sample are drawn from a generator seeded with that
+sample's own seed (see sampling.sample_seeds), so they do not depend on which process or worker ran it,
+nor on where an epoch was resumed. The pixel work is torchvision's tensor functions, so the CPU workers of the
+`pytorch` backend and the GPU of the `gpu` backend run the same code.
+"""
+from __future__ import annotations
+
+import math
+import random
+
+import torch
+import torchvision.transforms.v2.functional as F
+from PIL import Image
+from torch import Tensor
+from torchvision.transforms import AutoAugment, AutoAugmentPolicy, InterpolationMode
+
+from ..errors import UserError
+from .decode import UnreadableImageError, load_image, to_rgb
+
+__all__ = ["IMAGENET_MEAN", "IMAGENET_STD", "INTERPOLATIONS", "AUGMENTATIONS", "UnreadableImageError", "load_image",
+           "eval_transform", "normalize_batch", "eval_resize_crop", "random_resized_crop_box", "TrainAugment",
+           "EvalPreprocess", "resize_size"]
+
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+CROP_SCALE = (0.08, 1.0)
+CROP_RATIO = (3 / 4, 4 / 3)
+INTERPOLATIONS = {"bilinear": InterpolationMode.BILINEAR, "bicubic": InterpolationMode.BICUBIC}
+AUGMENTATIONS = (None, "autoaugment")
+
+
+def interpolation_mode(name: str) -> InterpolationMode:
+    try:
+        return INTERPOLATIONS[name]
+    except KeyError:
+        raise UserError(f"unknown interpolation '{name}'; choose {' or '.join(INTERPOLATIONS)}.") from None
+
+
+def resize_size(image_size: int, crop_pct: float) -> int:
+    """The shorter side before the eval center crop: 256 for 224 at crop_pct 0.875 (NVIDIA's image size + 32)."""
+    if not 0.0 < crop_pct <= 1.0:
+        raise UserError(f"crop_pct must be in (0, 1], got {crop_pct}.")
+    return round(image_size / crop_pct)
+
+
+def random_resized_crop_box(height: int, width: int, rng: random.Random,
+                            scale: tuple[float, float] = CROP_SCALE,
+                            ratio: tuple[float, float] = CROP_RATIO) -> tuple[int, int, int, int]:
+    """(top, left, crop height, crop width) of a RandomResizedCrop: torchvision's algorithm, drawn from `rng`.
+
+    Ten tries at a box of random area fraction in `scale` and log-uniform aspect ratio in `ratio` that fits
+    the image; then the largest central box within the ratio bounds.
+    """
+    area = height * width
+    log_ratio = (math.log(ratio[0]), math.log(ratio[1]))
+    for _ in range(10):
+        target_area = area * rng.uniform(*scale)
+        aspect = math.exp(rng.uniform(*log_ratio))
+        crop_width = int(round(math.sqrt(target_area * aspect)))
+        crop_height = int(round(math.sqrt(target_area / aspect)))
+        if 0 < crop_width <= width and 0 < crop_height <= height:
+            return rng.randint(0, height - crop_height), rng.randint(0, width - crop_width), crop_height, crop_width
+    in_ratio = width / height
+    if in_ratio < min(ratio):
+        crop_width, crop_height = width, int(round(width / min(ratio)))
+    elif in_ratio > max(ratio):
+        crop_width, crop_height = int(round(height * max(ratio))), height
+    else:
+        crop_width, crop_height = width, height
+    return (height - crop_height) // 2, (width - crop_width) // 2, crop_height, crop_width
+
+
+class TrainAugment:
+    """Crop, flip and (optionally) AutoAugment one uint8 (3, H, W) image, on whatever device it lives on."""
+
+    def __init__(self, image_size: int, interpolation: str = "bilinear", augmentation: str | None = None):
+        if augmentation not in AUGMENTATIONS:
+            raise UserError(f"unknown augmentation '{augmentation}'; choose autoaugment or none.")
+        self.image_size = image_size
+        self.interpolation = interpolation_mode(interpolation)
+        self.autoaugment = AutoAugment(AutoAugmentPolicy.IMAGENET) if augmentation == "autoaugment" else None
+
+    def __call__(self, image: Tensor, sample_seed: int) -> Tensor:
+        rng = random.Random(sample_seed)
+        top, left, height, width = random_resized_crop_box(image.shape[-2], image.shape[-1], rng)
+        flip = rng.random() < 0.5
+        image = F.resized_crop(image, top, left, height, width, [self.image_size, self.image_size],
+                               interpolation=self.interpolation, antialias=True)
+        if flip:
+            image = F.horizontal_flip(image)
+        if self.autoaugment is not None:
+            # torchvision's AutoAugment draws from torch's global generator: seed it per sample, and restore it
+            # so the caller's random state (the training process's, when workers=0) is untouched.
+            with torch.random.fork_rng(devices=[]):
+                torch.manual_seed(rng.getrandbits(63))
+                image = self.autoaugment(image)
+        return image
+
+
+def eval_resize_crop(image: Tensor, image_size: int = 224, crop_pct: float = 0.875,
+                     interpolation: str = "bilinear") -> Tensor:
+    """Resize the shorter side to round(image_size / crop_pct) and center crop image_size (uint8 stays uint8)."""
+    image = F.resize(image, [resize_size(image_size, crop_pct)], interpolation=interpolation_mode(interpolation),
+                     antialias=True)
+    return F.center_crop(image, [image_size, image_size])
+
+
+class EvalPreprocess:
+    """eval_resize_crop as a per-sample callable with the same signature as TrainAugment (the seed is unused)."""
+
+    def __init__(self, image_size: int, crop_pct: float = 0.875, interpolation: str = "bilinear"):
+        resize_size(image_size, crop_pct)
+        interpolation_mode(interpolation)
+        self.image_size, self.crop_pct, self.interpolation = image_size, crop_pct, interpolation
+
+    def __call__(self, image: Tensor, sample_seed: int = 0) -> Tensor:
+        return eval_resize_crop(image, self.image_size, self.crop_pct, self.interpolation)
+
+
+_STATS: dict[torch.device, tuple[Tensor, Tensor]] = {}
+
+
+def _mean_std_255(device: torch.device) -> tuple[Tensor, Tensor]:
+    # Cached per device: building them per batch would cost a host-to-device copy (and a sync) every step.
+    if device not in _STATS:
+        mean = torch.tensor(IMAGENET_MEAN).mul(255).view(1, 3, 1, 1)
+        std = torch.tensor(IMAGENET_STD).mul(255).view(1, 3, 1, 1)
+        _STATS[device] = (mean.to(device), std.to(device))
+    return _STATS[device]
+
+
+def normalize_batch(images: Tensor, memory_format: torch.memory_format = torch.contiguous_format) -> Tensor:
+    """uint8 (N, 3, H, W) images (any strides, any device) -> float32 normalized with ImageNet mean/std.
+
+    The result is laid out in `memory_format` (torch.channels_last for NHWC); the layout change happens on
+    the uint8 data, a quarter of the bytes of the float result.
+    """
+    if images.dim() != 4 or images.shape[1] != 3:
+        raise ValueError(f"normalize_batch expects (N, 3, H, W) images, got shape {tuple(images.shape)}")
+    mean, std = _mean_std_255(images.device)
+    return images.contiguous(memory_format=memory_format).float().sub_(mean).div_(std)
+
+
+class _EvalTransform:
+    def __init__(self, image_size: int, crop_pct: float, interpolation: str):
+        self.preprocess = EvalPreprocess(image_size, crop_pct, interpolation)
+
+    def __call__(self, image: Image.Image) -> Tensor:
+        pixels = F.pil_to_tensor(to_rgb(image))
+        return normalize_batch(self.preprocess(pixels).unsqueeze(0))[0]
+
+    def __repr__(self) -> str:
+        p = self.preprocess
+        return f"eval_transform(image_size={p.image_size}, crop_pct={p.crop_pct}, interpolation='{p.interpolation}')"
+
+
+def eval_transform(image_size: int = 224, crop_pct: float = 0.875, interpolation: str = "bilinear"):
+    """A callable PIL image -> normalized float (3, image_size, image_size) tensor: exactly the loaders' eval path."""
+    return _EvalTransform(image_size, crop_pct, interpolation)
