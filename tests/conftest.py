@@ -7,8 +7,13 @@ from pathlib import Path
 import pytest
 import torch
 
-# Tests run on the CPU in a few threads; keep them deterministic and quiet.
-torch.set_num_threads(min(2, os.cpu_count() or 1))
+# Under `pytest -n 2` each worker gets one core: more threads per process only oversubscribe the machine
+# (a small batch took 10x longer with 2 threads in each of 2 workers). Subprocesses inherit the same limit.
+if os.environ.get("PYTEST_XDIST_WORKER"):
+    os.environ["OMP_NUM_THREADS"] = "1"
+    torch.set_num_threads(1)
+else:
+    torch.set_num_threads(min(2, os.cpu_count() or 1))
 
 
 @pytest.fixture(autouse=True)

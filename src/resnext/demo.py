@@ -23,29 +23,35 @@ def demo_config(workspace: str | Path, data: str | Path, device: str | None = No
     common = dict(data=str(data), workspace=str(workspace), device=device, seed=seed, label_smoothing=0.1,
                   lr_schedule="cosine", print_freq=20, crop_pct=0.875, resume="auto")
     if on_gpu:
-        return TrainConfig(arch="resnext101_32x4d", image_size=64, batch_size=128, epochs=epochs or 10, warmup=1,
+        return TrainConfig(arch="resnext101_32x4d", image_size=64, batch_size=128, epochs=epochs or 10,
                            precision="amp", workers=4, **common)
-    return TrainConfig(arch="resnext_tiny", image_size=32, batch_size=64, epochs=epochs or 8, warmup=1,
-                       workers=2, lr=0.2, **common)
+    return TrainConfig(arch="resnext_tiny", image_size=32, batch_size=64, epochs=epochs or 15,
+                       workers=2, **common)
 
 
 def run_demo(workspace: str | Path = "resnext-demo", device: str | None = None, epochs: int | None = None,
              report: bool = True) -> dict:
-    """Train on the embedded dataset, evaluate, write the report; returns the numbers it prints."""
+    """Train on the embedded dataset, evaluate the best checkpoint, write the report; returns what it prints."""
     from .data.embedded import materialize
-    from .engine import train
+    from .engine import BEST_FILENAME, train
+    from .inference import evaluate_weights
 
     data = materialize()
     config = demo_config(workspace, data, device=device, epochs=epochs)
-    summary = train(config)
+    summary = train(config)  # a second demo in the same folder finds the run finished and only evaluates
+    best = Path(workspace) / BEST_FILENAME
+    evaluation = evaluate_weights(data / "val", best, batch_size=config.batch_size, workers=config.workers,
+                                  device=device)
     result = {"workspace": str(Path(workspace)), "dataset": str(data), "arch": config.arch,
-              "epochs": config.epochs, "top1": summary.get("val.top1"), "best_top1": summary.get("best.top1"),
-              "train_seconds": summary.get("run.time"), "checkpoint": summary.get("checkpoint")}
+              "epochs": config.epochs, "best_epoch": summary.get("best.epoch"), "top1": evaluation["top1"],
+              "top5": evaluation["top5"], "eval_img_s": evaluation["img_s"],
+              "train_seconds": summary.get("run.time"), "checkpoint": str(best)}
     if report:
-        try:
-            from .report import write_report
+        from .errors import UserError
+        from .report import write_report
 
+        try:
             result["report"] = str(write_report([Path(workspace)]))
-        except ImportError as err:  # matplotlib is an optional extra
-            notices.info(f"report skipped ({err}); pip install 'resnext[report]' to get it.")
+        except UserError as err:  # matplotlib is an optional extra
+            notices.info(f"report skipped: {err}")
     return result

@@ -247,7 +247,7 @@ def load_model(source: WeightsSource, arch: str | None = None, num_classes: int 
     report = _load_into(model, weights, strict=True, ignore_head=ignore_head)
     class_names = weights.meta.get("class_names")
     if weights.source and weights.source.num_classes == 1000:
-        class_names = _imagenet_class_names()
+        class_names = imagenet_class_names()
     if report.skipped_head or num_classes != file_classes:
         class_names = None  # the file's names belong to its own classifier
     meta = ModelMeta(arch=arch, num_classes=num_classes, class_names=class_names,
@@ -379,6 +379,9 @@ def _torch_load(path: Path) -> Any:
     except (MemoryError, OSError):
         raise
     except pickle.UnpicklingError as err:
+        if "invalid load key" in str(err):  # not a pickle at all: a text file, an image, HTML from a proxy...
+            raise UserError(f"'{path}' is not a weights file (not PyTorch, not safetensors); pass a .pth/.pt "
+                            "checkpoint or a .safetensors file.") from None
         found = re.search(r"GLOBAL (\S+)", str(err))
         what = f" ({found.group(1)})" if found else ""
         raise UserError(
@@ -546,8 +549,8 @@ def _first_line(err: BaseException) -> str:
     return lines[0][:200] if lines else type(err).__name__
 
 
-def _imagenet_class_names() -> list[str]:
-    # torchvision's ImageNet-1k category names, in the class-index order every public source here uses.
+def imagenet_class_names() -> list[str]:
+    """The 1,000 ImageNet-1k class names in class-index order (torchvision's list, installed with torchvision)."""
     from torchvision.models import ResNet50_Weights
 
     return list(ResNet50_Weights.IMAGENET1K_V1.meta["categories"])

@@ -47,3 +47,25 @@ def unit_interval(text: str) -> float:
     if not 0.0 <= value <= 1.0:
         raise argparse.ArgumentTypeError(f"expected a number between 0 and 1, got {value}")
     return value
+
+
+def add_weights_arguments(parser: argparse.ArgumentParser) -> None:
+    """--weights, --ema and --arch: the model evaluate, predict, export and serve load."""
+    group = parser.add_argument_group("weights")
+    group.add_argument("--weights", "-w", required=True, metavar="W",
+                       help="checkpoint or weights file in any layout resnext reads (ours, NVIDIA's, timm's, "
+                            "torchvision's, safetensors), or pretrained:NAME")
+    group.add_argument("--ema", action="store_true", help="use the checkpoint's EMA weights")
+    group.add_argument("--arch", "-a", default=None,
+                       help="the architecture the weights must be (default: taken from the file)")
+
+
+def add_preprocessing_arguments(parser: argparse.ArgumentParser) -> None:
+    """--image-size, --crop-pct, --interpolation: override the eval preprocessing stored with the weights."""
+    group = parser.add_argument_group("preprocessing (default: what the weights were trained with, else 224 / "
+                                      "0.875 / bilinear)")
+    group.add_argument("--image-size", type=positive_int, default=None, help="center crop size in pixels")
+    group.add_argument("--crop-pct", type=unit_interval, default=None,
+                       help="crop fraction: the shorter side is resized to image size / crop pct (0.875: 256 -> 224)")
+    group.add_argument("--interpolation", choices=("bilinear", "bicubic"), default=None,
+                       help="resize filter (timm's gluon weights: bicubic)")

@@ -1,0 +1,210 @@
+"""Evaluation of weights on a validation folder, measured the way NVIDIA's inference tables are.
+
+    evaluate_weights(data, weights, ...) -> dict  `resnext evaluate`: the evaluation JSON of docs/ARCHITECTURE.md
+    prepare_model(model, device, ...)            eval mode, memory format, torch.compile and/or CUDA graphs
+    CudaGraphModel(model)                        a module that replays one CUDA graph per input shape
+
+Latency is wall time per batch with the device synchronized before and after, in milliseconds; percentiles are
+nearest-rank, as the training log's val.compute_latency_at95/at99/at100. Timing on synthetic input (batch 256
+throughput, batch 1 latency, eager / compiled / CUDA graph) is resnext.bench.benchmark_inference.
+"""
+from __future__ import annotations
+
+import contextlib
+import logging
+import time
+from pathlib import Path
+from typing import Callable
+
+import torch
+from torch import Tensor, nn
+
+from .errors import UserError
+
+log = logging.getLogger("resnext.inference")
+
+# Batch shapes whose CUDA graphs are kept; the evaluation loader yields at most two (full and last partial batch).
+MAX_CAPTURED_SHAPES = 4
+
+
+def _synchronize(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def _autocast_without_cache(device: torch.device, precision: str):
+    # Autocast's cache of casted weights must be off while a CUDA graph is captured (torch.cuda.graph docs);
+    # this context also applies the precision when the caller has none around the call.
+    from .engine import AUTOCAST_DTYPES
+
+    dtype = AUTOCAST_DTYPES.get(precision)
+    if dtype is None:
+        return contextlib.nullcontext()
+    return torch.autocast(device_type=device.type, dtype=dtype, cache_enabled=False)
+
+
+class CudaGraphModel(nn.Module):
+    """Runs `model` by replaying a CUDA graph captured once per input shape, which removes the per-kernel launch
+    cost that dominates small batches (batch-1 latency). Inputs are copied into the captured buffer; the output
+    is a fresh tensor, so callers may keep it."""
+
+    def __init__(self, model: nn.Module, precision: str = "fp32") -> None:
+        super().__init__()
+        self.model = model
+        self.precision = precision
+        self._graphs: dict[tuple, tuple[Callable[[], Tensor], Tensor]] = {}
+
+    @torch.no_grad()
+    def forward(self, images: Tensor) -> Tensor:
+        key = (tuple(images.shape), images.dtype, images.stride())
+        entry = self._graphs.get(key)
+        if entry is None:
+            if len(self._graphs) >= MAX_CAPTURED_SHAPES:
+                with _autocast_without_cache(images.device, self.precision):
+                    return self.model(images)
+            entry = self._graphs[key] = self._capture(images)
+        replay, static_input = entry
+        static_input.copy_(images)
+        return replay().clone()
+
+    def _capture(self, images: Tensor) -> tuple[Callable[[], Tensor], Tensor]:
+        from .bench import _capture_graph
+
+        static_input = images.clone()
+        device = images.device
+
+        def forward() -> Tensor:
+            with _autocast_without_cache(device, self.precision):
+                return self.model(static_input)
+
+        return _capture_graph(forward, device), static_input
+
+
+def prepare_model(model: nn.Module, device: str | torch.device, *, precision: str = "fp32",
+                  memory_format: torch.memory_format = torch.contiguous_format, compile: bool = False,
+                  cuda_graphs: bool = False) -> nn.Module:
+    """`model` in eval mode on `device`, optionally compiled and/or replayed from CUDA graphs.
+
+    compile: torch.compile (inductor). cuda_graphs: capture a CUDA graph per batch shape (CUDA only); with
+    compile as well, torch.compile's own CUDA graphs (mode="reduce-overhead"). The caller runs the result under
+    the precision's autocast (resnext.engine.autocast); the CUDA-graph wrapper applies it during capture.
+    """
+    device = torch.device(device)
+    if cuda_graphs and device.type != "cuda":
+        raise UserError(f"CUDA graphs need a CUDA device, but the model runs on {device}; drop --cuda-graphs.")
+    model = model.to(device, memory_format=memory_format).eval()
+    if compile:
+        return torch.compile(model, mode="reduce-overhead" if cuda_graphs else None)
+    if cuda_graphs:
+        return CudaGraphModel(model, precision)
+    return model
+
+
+class LatencyRecorder(nn.Module):
+    """Times every forward pass of `model` (device synchronized before and after); `seconds` lists them."""
+
+    def __init__(self, model: nn.Module, device: torch.device) -> None:
+        super().__init__()
+        self.model = model
+        self.device = device
+        self.seconds: list[float] = []
+
+    def forward(self, images: Tensor) -> Tensor:
+        _synchronize(self.device)
+        started = time.perf_counter()
+        output = self.model(images)
+        _synchronize(self.device)
+        self.seconds.append(time.perf_counter() - started)
+        return output
+
+
+def latency_summary(seconds: list[float]) -> dict[str, float]:
+    """Mean and nearest-rank 90th / 95th / 99th / 100th percentiles of per-batch times, in milliseconds."""
+    from .engine import _percentile
+
+    if not seconds:
+        return {}
+    ordered = sorted(seconds)
+    summary = {"mean": 1000.0 * sum(ordered) / len(ordered)}
+    for q in (90, 95, 99, 100):
+        summary[f"p{q}"] = 1000.0 * _percentile(ordered, q)
+    return summary
+
+
+@torch.no_grad()
+def _warm_up(model: nn.Module, batch_sizes: list[int], image_size: int, device: torch.device, precision: str,
+             memory_format: torch.memory_format) -> None:
+    """One forward pass per batch shape, so compilation, graph capture and cuDNN autotuning are not timed."""
+    from .engine import autocast
+
+    for batch_size in dict.fromkeys(size for size in batch_sizes if size > 0):
+        images = torch.randn(batch_size, 3, image_size, image_size, device=device)
+        with autocast(device, precision):
+            model(images.contiguous(memory_format=memory_format))
+    _synchronize(device)
+
+
+def evaluate_weights(data: str | Path, weights, *, use_ema: bool = False, arch: str | None = None,
+                     batch_size: int = 256, workers: int = 4, backend: str = "pytorch",
+                     device: str | torch.device | None = None, precision: str | None = None,
+                     memory_format: str | None = None, compile: bool = False, cuda_graphs: bool = False,
+                     image_size: int | None = None, crop_pct: float | None = None,
+                     interpolation: str | None = None) -> dict:
+    """Evaluate the model in `weights` on a validation folder: the evaluation JSON of docs/ARCHITECTURE.md.
+
+    data: a split folder of class sub-folders, or a dataset root (its val/ is used).
+    Preprocessing is the weights' own (checkpoint or named source), NVIDIA's eval path: shorter side to
+    round(image_size / crop_pct), center crop; image_size / crop_pct / interpolation override it.
+    The numbers come from resnext.engine.evaluate, the function training validates with, so a checkpoint
+    evaluated here with its training preprocessing gets the top-1 its training log reports.
+    """
+    from .data import IMAGENET_MEAN, IMAGENET_STD, create_loader, resolve_device
+    from .engine import configure_backends, evaluate, resolve_memory_format, resolve_precision
+    from .predict import Preprocessing
+    from .report.figures import MAX_CONFUSION_CLASSES
+    from .weights import load_model
+
+    device = resolve_device(device)
+    precision = resolve_precision(precision, device)
+    layout = resolve_memory_format(memory_format, device)
+    configure_backends(precision, deterministic=False)
+    model, meta = load_model(weights, arch=arch, use_ema=use_ema, device=device)
+    preprocessing = Preprocessing.for_weights(meta, image_size, crop_pct, interpolation)
+    if (tuple(preprocessing.mean), tuple(preprocessing.std)) != (IMAGENET_MEAN, IMAGENET_STD):
+        raise UserError(f"these weights expect mean {list(preprocessing.mean)} and std {list(preprocessing.std)}, but "
+                        "the evaluation loaders normalize with ImageNet's; use resnext.predict for such weights.")
+    loader = create_loader(backend, data, train=False, batch_size=batch_size, image_size=preprocessing.image_size,
+                           crop_pct=preprocessing.crop_pct, interpolation=preprocessing.interpolation,
+                           workers=workers, device=device, memory_format=layout)
+    class_names = list(loader.class_names)
+    if len(class_names) != meta.num_classes:
+        raise UserError(f"the weights classify {meta.num_classes} classes but '{data}' has {len(class_names)} class "
+                        "folders; evaluate them on the dataset they were trained for.")
+    if meta.class_names and sorted(meta.class_names) == sorted(class_names) and meta.class_names != class_names:
+        log.warning("the weights list their classes in another order than the folders of %s; labels are scored "
+                    "by folder order.", data)
+
+    prepared = prepare_model(model, device, precision=precision, memory_format=layout, compile=compile,
+                             cuda_graphs=cuda_graphs)
+    if compile or device.type == "cuda":
+        full = batch_size if loader.dataset_size >= batch_size else 0
+        _warm_up(prepared, [full, loader.dataset_size % batch_size], preprocessing.image_size, device, precision,
+                 layout)
+    timed = LatencyRecorder(prepared, device)
+    confusion = len(class_names) <= MAX_CONFUSION_CLASSES
+    raw = evaluate(timed, loader, device=device, precision=precision, topk=5, confusion=confusion)
+    per_class = [{"name": name, "images": images, "top1": 100.0 * hits / images if images else 0.0}
+                 for name, images, hits in zip(class_names, raw["per_class_images"], raw["per_class_top1_hits"])]
+    result = {
+        "top1": raw["top1"], "top5": raw["top5"], "loss": raw["loss"], "images": raw["images"],
+        "img_s": raw["compute_ips"], "img_s_total": raw["total_ips"], "batch_size": batch_size,
+        "latency_ms": latency_summary(timed.seconds),
+        "per_class": per_class, "class_names": class_names,
+        "weights": str(meta.path or weights), "arch": meta.arch, "ema": use_ema, "precision": precision,
+        "device": torch.cuda.get_device_name(device) if device.type == "cuda" else str(device),
+        "compile": compile, "cuda_graphs": cuda_graphs, "preprocessing": preprocessing.to_dict(),
+        "data": str(data), "skipped": [path for path, _ in loader.skipped],
+    }
+    if confusion:
+        result["confusion"] = raw["confusion"]
+    return result
