@@ -13,8 +13,8 @@ import sys
 
 from ..errors import UserError
 
-# name -> (module, one-line help). Modules are imported only when their command runs, so `resnext info`
-# does not pay for onnx, matplotlib or DALI.
+# name -> (module, one-line help). Command modules import optional dependencies (onnx, matplotlib, DALI,
+# PyTriton) inside run(), so building the parser never needs them.
 COMMANDS: dict[str, tuple[str, str]] = {
     "info": ("info", "parameters, GMACs and per-stage table of an architecture"),
     "data": ("data", "check a dataset, write the embedded one, build benchmark folders, compare backends"),
