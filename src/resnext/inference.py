@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import contextlib
 import logging
-import time
 from pathlib import Path
 from typing import Callable
 
@@ -100,24 +99,6 @@ def prepare_model(model: nn.Module, device: str | torch.device, *, precision: st
     return model
 
 
-class LatencyRecorder(nn.Module):
-    """Times every forward pass of `model` (device synchronized before and after); `seconds` lists them."""
-
-    def __init__(self, model: nn.Module, device: torch.device) -> None:
-        super().__init__()
-        self.model = model
-        self.device = device
-        self.seconds: list[float] = []
-
-    def forward(self, images: Tensor) -> Tensor:
-        _synchronize(self.device)
-        started = time.perf_counter()
-        output = self.model(images)
-        _synchronize(self.device)
-        self.seconds.append(time.perf_counter() - started)
-        return output
-
-
 def latency_summary(seconds: list[float]) -> dict[str, float]:
     """Mean and nearest-rank 90th / 95th / 99th / 100th percentiles of per-batch times, in milliseconds."""
     from .engine import _percentile
@@ -190,15 +171,14 @@ def evaluate_weights(data: str | Path, weights, *, use_ema: bool = False, arch: 
         full = batch_size if loader.dataset_size >= batch_size else 0
         _warm_up(prepared, [full, loader.dataset_size % batch_size], preprocessing.image_size, device, precision,
                  layout)
-    timed = LatencyRecorder(prepared, device)
     confusion = len(class_names) <= MAX_CONFUSION_CLASSES
-    raw = evaluate(timed, loader, device=device, precision=precision, topk=5, confusion=confusion)
+    raw = evaluate(prepared, loader, device=device, precision=precision, topk=5, confusion=confusion)
     per_class = [{"name": name, "images": images, "top1": 100.0 * hits / images if images else 0.0}
                  for name, images, hits in zip(class_names, raw["per_class_images"], raw["per_class_top1_hits"])]
     result = {
         "top1": raw["top1"], "top5": raw["top5"], "loss": raw["loss"], "images": raw["images"],
         "img_s": raw["compute_ips"], "img_s_total": raw["total_ips"], "batch_size": batch_size,
-        "latency_ms": latency_summary(timed.seconds),
+        "latency_ms": latency_summary(raw["latencies"]),
         "per_class": per_class, "class_names": class_names,
         "weights": str(meta.path or weights), "arch": meta.arch, "ema": use_ema, "precision": precision,
         "device": torch.cuda.get_device_name(device) if device.type == "cuda" else str(device),
