@@ -42,6 +42,28 @@ def _autocast_without_cache(device: torch.device, precision: str):
     return torch.autocast(device_type=device.type, dtype=dtype, cache_enabled=False)
 
 
+def capture_graph(forward: Callable[[], torch.Tensor], device: torch.device) -> Callable[[], torch.Tensor]:
+    """Record `forward` in a CUDA graph once; the returned call replays it and returns its (static) output.
+
+    CudaGraphModel captures with it, and so `resnext evaluate --cuda-graphs` and `resnext benchmark --cuda-graphs`.
+    """
+    side = torch.cuda.Stream(device)
+    side.wait_stream(torch.cuda.current_stream(device))
+    with torch.cuda.stream(side):
+        for _ in range(3):  # cuDNN autotuning and allocations happen here, not during capture
+            forward()
+    torch.cuda.current_stream(device).wait_stream(side)
+    graph = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(graph):
+        output = forward()
+
+    def replay() -> torch.Tensor:
+        graph.replay()
+        return output
+
+    return replay
+
+
 class CudaGraphModel(nn.Module):
     """Runs `model` by replaying a CUDA graph captured once per input shape, which removes the per-kernel launch
     cost that dominates small batches (batch-1 latency). Inputs are copied into the captured buffer; the output
@@ -67,8 +89,6 @@ class CudaGraphModel(nn.Module):
         return replay().clone()
 
     def _capture(self, images: Tensor) -> tuple[Callable[[], Tensor], Tensor]:
-        from .bench import _capture_graph
-
         static_input = images.clone()
         device = images.device
 
@@ -76,7 +96,7 @@ class CudaGraphModel(nn.Module):
             with _autocast_without_cache(device, self.precision):
                 return self.model(static_input)
 
-        return _capture_graph(forward, device), static_input
+        return capture_graph(forward, device), static_input
 
 
 def prepare_model(model: nn.Module, device: str | torch.device, *, precision: str = "fp32",
