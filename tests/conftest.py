@@ -46,14 +46,41 @@ def small_data(embedded_data, tmp_path_factory) -> Path:
     return copy_subset(embedded_data, tmp_path_factory.mktemp("small") / "data", 16, 6)
 
 
+def descendants(pid: int) -> list[int]:
+    """Every process below `pid` (torchrun starts its workers in sessions of their own: killpg misses them)."""
+    children: dict[int, list[int]] = {}
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                parent = int((entry / "stat").read_text().rsplit(")", 1)[1].split()[1])
+            except (OSError, IndexError, ValueError):
+                continue
+            children.setdefault(parent, []).append(int(entry.name))
+    found, stack = [], [pid]
+    while stack:
+        for child in children.get(stack.pop(), []):
+            found.append(child)
+            stack.append(child)
+    return found
+
+
+def kill_tree(process: subprocess.Popen) -> None:
+    """SIGKILL `process` and everything it started, so a timed-out test leaves nothing running."""
+    for pid in [*descendants(process.pid), process.pid]:
+        try:
+            os.kill(pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+
+
 def run_command(args: list[str], timeout: float = 300, env: dict | None = None) -> subprocess.CompletedProcess:
-    """subprocess.run that kills the whole process group on timeout (torchrun's workers included)."""
+    """subprocess.run that kills the whole process tree on timeout (torchrun's workers included)."""
     process = subprocess.Popen(args, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env,
                                start_new_session=True)
     try:
         stdout, stderr = process.communicate(timeout=timeout)
     except subprocess.TimeoutExpired:
-        os.killpg(process.pid, signal.SIGKILL)
+        kill_tree(process)
         stdout, stderr = process.communicate()
         raise AssertionError(f"{' '.join(args[:6])} ... timed out after {timeout} s:\n{stderr[-3000:]}") from None
     return subprocess.CompletedProcess(args, process.returncode, stdout, stderr)

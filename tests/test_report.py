@@ -126,29 +126,48 @@ def write_summary(writer: LogWriter, history: dict, exit_reason: str) -> None:
 
 
 @pytest.fixture(scope="module")
-def training_runs(tmp_path_factory) -> dict[str, Path]:
-    """Workspaces of short training runs, by name: "amp" (with EMA), "tf32" (another LR, data-bound),
-    "resumed" (preempted in epoch 1, resumed from an earlier checkpoint, so steps are logged twice) and
-    "partial" (still running: no epoch finished, the last line half-written).
-
-    The logs are written in the documented format by LogWriter. This is the one fixture to change once
-    `resnext train` runs in tests: train tiny CPU runs into these folders instead (a partial log = the first
-    lines of a real one plus half of the next line); the tests read all expectations from the files.
+def training_runs(tmp_path_factory, embedded_data) -> dict[str, Path]:
+    """Workspaces of real short CPU training runs (resnext_tiny, 32 px, 8 steps an epoch, 3 epochs), by name:
+    "amp" (fp16 autocast with its loss scale, EMA), "tf32" (another LR), "resumed" (a session that got 6 steps
+    into epoch 1, then lost its newest checkpoints, resumed from epoch 1 step 3: those steps are logged twice)
+    and "partial" (the start of the amp log, cut in the middle of a line: a run still writing).
+    Every expectation in the tests is read from these files.
     """
+    from conftest import copy_subset
+    from resnext.checkpoint import list_checkpoints
+    from resnext.engine import train
+    from resnext.recipe import TrainConfig
+
     root = tmp_path_factory.mktemp("runs")
+    data = copy_subset(embedded_data, root / "data", 13, 4)  # 130 training images: 8 batches of 16
     runs = {name: root / name for name in ("amp", "tf32", "resumed", "partial")}
-    for path in runs.values():
-        path.mkdir()
-    simulate_training(LogWriter(runs["amp"] / LOG_NAME), precision="amp", ema=True, seed=1)
-    simulate_training(LogWriter(runs["tf32"] / LOG_NAME), precision="tf32", lr=0.128, data_bound=True, seed=2)
-    writer, history = LogWriter(runs["resumed"] / LOG_NAME), {}
-    simulate_training(writer, seed=3, stop=(1, 6), preempted=True, history=history)
-    writer.tick(600.0)  # the job waited in the queue after preemption
-    simulate_training(writer, seed=4, resume=(1, 3), history=history)
+
+    def run(name: str, **changes) -> None:
+        values = dict(data=str(data), workspace=str(runs[name]), arch="resnext_tiny", image_size=32, batch_size=16,
+                      workers=0, epochs=EPOCHS, warmup=1, print_freq=1, tensorboard=False, progress=False, seed=1)
+        train(TrainConfig(**{**values, **changes}))
+
+    run("amp", precision="amp", use_ema=0.9)
+    run("tf32", precision="tf32", lr=0.02)
+    run("resumed", prof=ITERATIONS_PER_EPOCH + 6, checkpoint_interval=1, gather_checkpoints=-1)
+    for path in list_checkpoints(runs["resumed"]):
+        if int(path.stem.split("-")[2]) > ITERATIONS_PER_EPOCH + 3:
+            path.unlink()  # as if the job had died before those writes reached the disk
+    run("resumed", resume="auto", gather_checkpoints=-1)
     lines = (runs["amp"] / LOG_NAME).read_text().splitlines(keepends=True)
-    cut = 2 + ITERATIONS_PER_EPOCH // 2  # PARAMETER, METADATA, half of epoch 0
+    cut = next(i for i, line in enumerate(lines) if '"PARAMETER"' in line) + 1 + ITERATIONS_PER_EPOCH // 2
+    runs["partial"].mkdir()
     (runs["partial"] / LOG_NAME).write_text("".join(lines[:cut]) + lines[cut][: len(lines[cut]) // 2])
     return runs
+
+
+@pytest.fixture(scope="module")
+def data_bound_run(tmp_path_factory) -> Path:
+    """A log whose total img/s is half its compute img/s (a loader too slow for the GPU), in the documented
+    format: a CPU test run cannot be made data-bound on purpose."""
+    folder = tmp_path_factory.mktemp("data_bound")
+    simulate_training(LogWriter(folder / LOG_NAME), precision="tf32", lr=0.128, data_bound=True, seed=2)
+    return folder
 
 
 # ---- reading the log and the page independently of resnext.report ----------------------------------------------
@@ -313,7 +332,11 @@ def test_two_runs_overlaid(training_runs, tmp_path):
     check_figures(page, tmp_path / "compare", TRAINING_FIGURES)
     html = (tmp_path / "compare" / "index.html").read_text()
     assert '<tr class="differs" data-key="precision">' in html and 'class="differs" data-key="arch"' not in html
-    assert any(note.startswith("tf32: data-bound") for note in page.notes)
+
+
+def test_data_bound_run_is_flagged(training_runs, data_bound_run, tmp_path):
+    page = parse_page(write_report([training_runs["amp"], data_bound_run], tmp_path / "compare"))
+    assert any(note.startswith(f"{data_bound_run.name}: data-bound") for note in page.notes)
     assert not any(note.startswith("amp: data-bound") for note in page.notes)
 
 
@@ -342,7 +365,7 @@ def session_times(path: Path) -> list[float]:
         record = json.loads(line.removeprefix("DLLL "))
         if record.get("step") == "PARAMETER":
             times.append(0.0)
-        if "elapsedtime" in record:
+        if "elapsedtime" in record and times:  # METADATA lines come before a session's PARAMETER line
             times[-1] = max(times[-1], float(record["elapsedtime"]))
     return times
 

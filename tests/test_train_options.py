@@ -4,14 +4,13 @@ from __future__ import annotations
 import argparse
 import io
 import json
-import os
 from pathlib import Path
 
 import pytest
 import torch
 
 from resnext.checkpoint import list_checkpoints, read_checkpoint
-from resnext.cli import build_parser, main
+from resnext.cli import build_parser
 from resnext.cli.train import config_from_args
 from resnext.engine import train
 from resnext.errors import UserError

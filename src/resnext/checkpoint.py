@@ -7,9 +7,11 @@ from __future__ import annotations
 
 import io
 import os
+import pickle
 import re
 import logging
 import tempfile
+import zipfile
 from pathlib import Path
 from typing import Callable
 
@@ -21,6 +23,7 @@ FORMAT = "resnext.checkpoint"
 FORMAT_VERSION = 1
 notices = logging.getLogger("resnext")
 _NUMBERED = re.compile(r"^checkpoint-(\d+)-(\d+)\.pt$")  # checkpoint-<epoch>-<global step>.pt
+_INTERRUPTED = re.compile(r"^\.checkpoint-\d+-\d+\.pt\..+\.tmp$")  # atomic_write's temporary file of one
 
 
 def atomic_write(path: str | os.PathLike, write: Callable[[io.BufferedWriter], None]) -> Path:
@@ -34,6 +37,9 @@ def atomic_write(path: str | os.PathLike, write: Callable[[io.BufferedWriter], N
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     try:
+        # mkstemp creates the file private (0600); give it the mode any new file gets, so a checkpoint, export or
+        # report can be shared the way the user's umask allows.
+        os.fchmod(fd, 0o666 & ~_umask())
         with os.fdopen(fd, "wb") as handle:
             write(handle)
             handle.flush()
@@ -58,6 +64,12 @@ def atomic_write(path: str | os.PathLike, write: Callable[[io.BufferedWriter], N
     return path
 
 
+def _umask() -> int:
+    mask = os.umask(0)  # reading the umask means setting it; put it straight back
+    os.umask(mask)
+    return mask
+
+
 def save_checkpoint(path: str | os.PathLike, state: dict) -> Path:
     """Atomically write a checkpoint dict (format tags added)."""
     payload = {"format": FORMAT, "format_version": FORMAT_VERSION, **state}
@@ -69,9 +81,15 @@ def read_checkpoint(path: str | os.PathLike) -> dict:
     path = Path(path)
     if not path.is_file():
         raise UserError(f"checkpoint '{path}' does not exist.")
+    damaged = _failed_crc(path)
+    if damaged is not None:
+        raise UserError(f"checkpoint '{path}' is corrupt ({damaged}); use an older checkpoint or delete this one.")
     try:
         state = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as err:  # torch raises many types for torn zip files and refused pickles
+        if isinstance(err, pickle.UnpicklingError) and "weights only load failed" in str(err).lower():
+            raise UserError(f"'{path}' holds pickled Python objects besides tensors, which resnext refuses to load "
+                            "because that can run code; resnext train never writes such a file.") from None
         raise UserError(f"checkpoint '{path}' cannot be read ({_first_line(err)}); "
                         "it is truncated, corrupt or not a PyTorch file.") from None
     if not isinstance(state, dict) or state.get("format") != FORMAT:
@@ -81,6 +99,28 @@ def read_checkpoint(path: str | os.PathLike) -> dict:
         raise UserError(f"checkpoint '{path}' was written by a newer resnext (format "
                         f"{state['format_version']}); upgrade resnext to read it.")
     return state
+
+
+def _failed_crc(path: Path) -> str | None:
+    """The first entry of a zip-format checkpoint whose bytes fail their CRC-32, else None.
+
+    torch.load reads tensor data without checking the CRC-32 that torch.save records, so a flipped bit on disk
+    would load as a silently different weight; reading every entry once through zipfile checks them all. Files
+    that are not zip archives (torn ones included) are left for torch.load to refuse.
+    """
+    if not zipfile.is_zipfile(path):
+        return None
+    try:
+        with zipfile.ZipFile(path) as archive:
+            for entry in archive.infolist():
+                if entry.CRC == 0 and entry.file_size:  # written with torch's CRC-32 computation switched off
+                    continue
+                with archive.open(entry) as member:  # zipfile raises BadZipFile at the end of a bad entry
+                    while member.read(1 << 24):
+                        pass
+    except (zipfile.BadZipFile, EOFError, OSError, ValueError) as err:
+        return _first_line(err)
+    return None
 
 
 def checkpoint_name(epoch: int, global_step: int) -> str:
@@ -111,11 +151,14 @@ def find_resume_checkpoint(workspace: str | os.PathLike) -> tuple[Path, dict] | 
 
 
 def prune_checkpoints(workspace: str | os.PathLike, keep: int) -> list[Path]:
-    """Delete all but the `keep` newest numbered checkpoints (keep <= 0 keeps all); returns what was removed."""
-    if keep <= 0:
-        return []
+    """Delete all but the `keep` newest numbered checkpoints (keep <= 0 keeps all), and the temporary files of
+    checkpoint writes a crash interrupted (call it only while no checkpoint is being written); returns what was
+    removed."""
+    workspace = Path(workspace)
+    stale = [entry for entry in workspace.iterdir() if _INTERRUPTED.match(entry.name)] if workspace.is_dir() else []
+    numbered = list_checkpoints(workspace)[keep:] if keep > 0 else []
     removed = []
-    for path in list_checkpoints(workspace)[keep:]:
+    for path in stale + numbered:
         try:
             path.unlink()
             removed.append(path)

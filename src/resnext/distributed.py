@@ -63,7 +63,14 @@ def setup(requested_device: str | None = None, backend: str | None = None) -> Di
         backend = backend or ("nccl" if device.type == "cuda" else "gloo")
         if backend == "nccl" and device.type != "cuda":
             raise UserError("--dist-backend nccl needs GPUs; use gloo for CPU processes.")
-        dist.init_process_group(backend=backend, timeout=datetime.timedelta(minutes=30))
+        timeout = datetime.timedelta(minutes=30)
+        store, _, _ = next(dist.rendezvous("env://", timeout=timeout))
+        # After a failure, `torchrun --max-restarts` starts new workers on the agent's same store, and torch (2.14
+        # here) no longer keeps each attempt's keys apart: a restarted rank can read a dead rank's address and fail
+        # or hang. One namespace per attempt keeps them apart on every torch version.
+        attempt = os.environ.get("TORCHELASTIC_RESTART_COUNT", "0")
+        dist.init_process_group(backend=backend, store=dist.PrefixStore(f"resnext/attempt-{attempt}", store),
+                                rank=rank, world_size=world_size, timeout=timeout)
     if world_size > 1:
         env.control_group = dist.new_group(backend="gloo") if dist.get_backend() != "gloo" else dist.group.WORLD
     return env

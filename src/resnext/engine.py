@@ -47,6 +47,13 @@ class TrainingDiverged(UserError):
     exit_code = 3
 
 
+class CheckpointNotSaved(UserError):
+    """The checkpoint written on the way out (end, preemption, --prof, --run-epochs) failed: the run exits non-zero,
+    since the steps after the newest checkpoint on disk would otherwise be lost without notice."""
+
+    exit_code = 1
+
+
 # ---- numerics set-up ------------------------------------------------------------------------------------
 
 def resolve_precision(precision: str | None, device: torch.device) -> str:
@@ -207,6 +214,9 @@ class Run:
     progress: Progress = field(default_factory=Progress)
     best_checkpoint: Path | None = None
     last_checkpoint: Path | None = None
+    unsaved: str | None = None  # why the latest checkpoint write failed; None once one succeeds
+    steps_this_run: int = 0  # optimizer steps of this invocation (--prof counts them across epochs)
+    epoch_throughputs: list = field(default_factory=list)  # train.total_ips of the epochs this invocation finished
     last_metrics: dict = field(default_factory=dict)  # the newest validation results, logged names
 
     @property
@@ -304,14 +314,15 @@ def fit(run: Run) -> dict:
     started, reason = time.time(), "completed"
     with StopSignal() as stop:
         while p.epoch < end_epoch:
-            epoch_started = time.time()
+            epoch_started, first_step = time.time(), p.step_in_epoch
             outcome = train_one_epoch(run, stop)
             if outcome != "completed":
                 save_training_checkpoint(run)
                 reason = "preempted" if outcome == "stopped" else "stopped"
                 break
-            epoch_metrics = epoch_train_metrics(run, time.time() - epoch_started)
+            epoch_metrics = epoch_train_metrics(run, time.time() - epoch_started, run.steps_per_epoch - first_step)
             run.logger.epoch_end(p.epoch, epoch_metrics, run.steps_per_epoch)
+            run.epoch_throughputs.append(epoch_metrics["train.total_ips"])
             is_best = False
             if not config.training_only:
                 is_best = validate_epoch(run)
@@ -329,6 +340,9 @@ def fit(run: Run) -> dict:
         else:
             if end_epoch < config.epochs:
                 reason = "stopped"  # --run-epochs reached; resume continues
+    if run.unsaved is not None:
+        raise CheckpointNotSaved(f"training stopped without its last checkpoint: {run.unsaved}. Free disk space or "
+                                 "fix the workspace's permissions; --resume auto then repeats the lost steps.")
     return finish(run, reason, started)
 
 
@@ -341,7 +355,6 @@ def train_one_epoch(run: Run, stop: StopSignal) -> str:
     device = run.device
     window = {"loss": torch.zeros((), device=device), "steps": 0, "data": 0.0, "start": time.perf_counter()}
     epoch_loss = torch.zeros((), dtype=torch.float64, device=device)
-    steps_this_call = 0
     while p.step_in_epoch < run.steps_per_epoch:
         lr = run.schedule(p.global_step)
         for group in run.optimizer.param_groups:
@@ -375,7 +388,7 @@ def train_one_epoch(run: Run, stop: StopSignal) -> str:
         p.global_step += 1
         p.step_in_epoch += 1
         p.images_seen += config.batch_size * env.world_size * run.accumulation
-        steps_this_call += 1
+        run.steps_this_run += 1
         window["loss"] += step_loss
         window["steps"] += 1
         epoch_loss += step_loss
@@ -386,7 +399,7 @@ def train_one_epoch(run: Run, stop: StopSignal) -> str:
         if distributed.any_rank(stop.requested, env):
             p.epoch_loss_sum += float(epoch_loss)
             return "stopped"
-        if config.prof > 0 and steps_this_call >= config.prof:
+        if config.prof > 0 and run.steps_this_run >= config.prof:
             p.epoch_loss_sum += float(epoch_loss)
             return "prof"
         if config.checkpoint_interval and p.global_step % config.checkpoint_interval == 0 \
@@ -420,11 +433,12 @@ def log_window(run: Run, window: dict, lr: float) -> None:
     window.update(loss=torch.zeros((), device=run.device), steps=0, data=0.0, start=time.perf_counter())
 
 
-def epoch_train_metrics(run: Run, seconds: float) -> dict:
+def epoch_train_metrics(run: Run, seconds: float, steps_timed: int) -> dict:
+    """The epoch's mean loss (over all its steps, resumed or not) and the throughput of the steps just run."""
     p, config, env = run.progress, run.config, run.env
     loss = torch.tensor([p.epoch_loss_sum], dtype=torch.float64, device=run.device)
     loss = float(distributed.all_reduce_sum(loss, env)) / env.world_size
-    images = run.steps_per_epoch * config.batch_size * env.world_size * run.accumulation
+    images = steps_timed * config.batch_size * env.world_size * run.accumulation
     return {"train.loss": loss / run.steps_per_epoch, "train.lr": run.schedule(max(0, p.global_step - 1)),
             "train.total_ips": images / max(seconds, 1e-9), "train.epoch_time": seconds}
 
@@ -467,6 +481,8 @@ def finish(run: Run, reason: str, started: float) -> dict:
     p = run.progress
     summary = {"best.top1": p.best_top1, "best.top5": p.best_top5, "best.epoch": p.best_epoch,
                "run.time": time.time() - started, "train.images": p.images_seen, "exit.reason": reason}
+    if run.epoch_throughputs:
+        summary["train.total_ips"] = sum(run.epoch_throughputs) / len(run.epoch_throughputs)
     if run.last_metrics:
         summary["val.top1"] = run.last_metrics["val.top1"]
     if run.last_checkpoint is not None:
@@ -541,6 +557,7 @@ def evaluate(model: nn.Module, loader, *, device: torch.device, precision: str =
         "compute_latency_at95": _percentile(ordered, 95),
         "compute_latency_at99": _percentile(ordered, 99),
         "compute_latency_at100": ordered[-1],
+        "latencies": latencies,  # seconds per batch on this rank, in order
         "per_class_images": [int(v) for v in per_class[0].tolist()],
         "per_class_top1_hits": [int(v) for v in per_class[1].tolist()],
     }
@@ -710,8 +727,8 @@ def training_state(run: Run, rng_states: list) -> dict:
 def save_training_checkpoint(run: Run, is_best: bool = False) -> Path | None:
     """Write checkpoint-<epoch>-<step>.pt atomically on rank 0, then refresh the latest/best links and prune.
 
-    A failed write (disk full, permissions) keeps every earlier checkpoint and training goes on; weights that are
-    no longer finite are never written.
+    A failed write (disk full, permissions) keeps every earlier checkpoint and training goes on (fit() exits
+    non-zero if the last write before exiting failed); weights that are no longer finite are never written.
     """
     config, env = run.config, run.env
     if not config.save_checkpoints:
@@ -728,18 +745,25 @@ def save_training_checkpoint(run: Run, is_best: bool = False) -> Path | None:
         path = run.workspace / ckpt.checkpoint_name(p.epoch, p.global_step)
         try:
             ckpt.save_checkpoint(path, training_state(run, rng_states))
-            _replace_with_link(path, run.workspace / config.checkpoint_filename)
-            if is_best:
-                _replace_with_link(path, run.workspace / BEST_FILENAME)
-                run.best_checkpoint = run.workspace / BEST_FILENAME
-            run.last_checkpoint = path
-            keep = -1 if config.gather_checkpoints < 0 else max(2, config.gather_checkpoints)
-            ckpt.prune_checkpoints(run.workspace, keep)
         except OSError as err:
-            previous = run.last_checkpoint or "none yet"
-            notices.warning(f"warning: could not write checkpoint {path} ({err.strerror or err}); the previous "
-                            f"checkpoint ({previous}) is intact and training continues.")
+            previous = run.last_checkpoint or next(iter(ckpt.list_checkpoints(run.workspace)), "none yet")
+            run.unsaved = (f"could not write checkpoint {path} ({err.strerror or err}); the previous checkpoint "
+                           f"({previous}) is intact")
+            notices.warning(f"warning: {run.unsaved} and training continues.")
             path = None
+        else:
+            run.unsaved = None
+            run.last_checkpoint = path
+            try:
+                _replace_with_link(path, run.workspace / config.checkpoint_filename)
+                if is_best:
+                    _replace_with_link(path, run.workspace / BEST_FILENAME)
+                    run.best_checkpoint = run.workspace / BEST_FILENAME
+                keep = -1 if config.gather_checkpoints < 0 else max(2, config.gather_checkpoints)
+                ckpt.prune_checkpoints(run.workspace, keep)
+            except OSError as err:  # the numbered checkpoint is complete: --resume auto finds it
+                notices.warning(f"warning: wrote {path} but could not update {config.checkpoint_filename} or "
+                                f"prune older checkpoints ({err.strerror or err}).")
     distributed.barrier(env)
     return path
 
