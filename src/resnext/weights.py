@@ -330,7 +330,7 @@ def _load_file(path: Path) -> tuple[Any, dict]:
         raise UserError(f"'{path}' is empty (an interrupted copy or download?); get the file again.")
     if _is_safetensors(path):
         return _load_safetensors(path)
-    return _torch_load(path), {}
+    return _load_torch_file(path), {}
 
 
 def _is_safetensors(path: Path) -> bool:
@@ -371,7 +371,7 @@ def _plain_data_globals():
             yield
 
 
-def _torch_load(path: Path) -> Any:
+def _load_torch_file(path: Path) -> Any:
     try:
         with warnings.catch_warnings(), _plain_data_globals():
             warnings.simplefilter("ignore")  # torch's notes on pickle protocols are not the user's business
@@ -386,8 +386,8 @@ def _torch_load(path: Path) -> Any:
         what = f" ({found.group(1)})" if found else ""
         raise UserError(
             f"'{path}' holds pickled Python objects besides tensors{what}, which resnext refuses to unpickle "
-            "because that can run code; if you trust the file, re-save its weights once with "
-            "torch.save(torch.load(path, weights_only=False)['state_dict'], 'weights.pth') and pass that.") from None
+            "because that can run code; if you trust the file, load it once in Python with unpickling allowed, "
+            "save only its state_dict with torch.save, and pass that file.") from None
     except Exception as err:  # torch raises RuntimeError, EOFError, KeyError... for torn or foreign files
         if zipfile.is_zipfile(path):
             with zipfile.ZipFile(path) as archive:
