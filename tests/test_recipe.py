@@ -134,13 +134,16 @@ def test_ema_follows_nvidias_decay_rule():
 
 def test_fp16_scaler_is_nvidias_dynamic_scaler():
     config = TrainConfig()
-    scaler = make_scaler("amp", config, torch.device("cpu"))
+    cpu = torch.device("cpu")
+    optimizer = torch.optim.SGD(torch.nn.Linear(1, 1).parameters(), lr=0.1)
+    scaler = make_scaler("amp", config, optimizer, cpu)
     assert scaler.get_scale() == 128.0
     assert scaler.get_growth_interval() == 100 and scaler.get_growth_factor() == 2.0
     assert scaler.get_backoff_factor() == 0.5
-    static = make_scaler("amp", TrainConfig(dynamic_loss_scale=False, static_loss_scale=64), torch.device("cpu"))
+    static = make_scaler("amp", TrainConfig(dynamic_loss_scale=False, static_loss_scale=64), optimizer, cpu)
     assert static.get_scale() == 64 and static.get_growth_interval() > 10**9
-    assert make_scaler("fp32", config, torch.device("cpu")).get_scale() == 1.0
+    fixed = make_scaler("fp32", config, optimizer, cpu)
+    assert fixed.is_enabled() and fixed.get_scale() == 1.0  # the inf/NaN check without scaling
 
 
 def test_presets_are_nvidias_configs():

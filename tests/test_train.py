@@ -159,13 +159,21 @@ def test_torchrun_two_ranks_match_one_process_with_twice_the_batch(embedded_data
 
 def test_evaluate_only_on_a_finished_checkpoint(small_data, tmp_path):
     # NVIDIA's --resume + --evaluate exits on a finished checkpoint; ours evaluates it.
-    train(tiny_config(small_data, tmp_path / "run", epochs=1))
-    summary = train(tiny_config(small_data, tmp_path / "eval", epochs=1, evaluate=True,
-                                resume=str(tmp_path / "run" / "checkpoint.pth.tar")))
-    trained = final_state(tmp_path / "run")
+    from resnext.report import read_log
+
+    run = tmp_path / "run"
+    train(tiny_config(small_data, run, epochs=1))
+    trained = final_state(run)
+    summary = train(tiny_config(small_data, run, epochs=1, evaluate=True, resume="auto"))
     assert summary["val.top1"] == pytest.approx(trained["metrics"]["val.top1"])
-    again = train(tiny_config(small_data, tmp_path / "run", epochs=1, resume="auto"))
+    # Logged beside the training run without disturbing it: one epoch, the training parameters, one evaluation.
+    log = read_log(run)
+    assert list(log.epochs) == [0] and log.parameters["evaluate"] is False
+    assert [e["val.top1"] for e in log.evaluations] == [pytest.approx(summary["val.top1"])]
+    again = train(tiny_config(small_data, run, epochs=1, resume="auto"))
     assert again["exit.reason"] == "completed"  # already finished: nothing to do, exit 0
+    with pytest.raises(UserError, match="--evaluate found no checkpoint"):
+        train(tiny_config(small_data, tmp_path / "empty", epochs=1, evaluate=True, resume="auto"))
 
 
 def test_resume_refuses_another_architecture(small_data, tmp_path):

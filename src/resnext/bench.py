@@ -34,6 +34,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from .device import synchronize
 from .errors import UserError
 
 MODES = ("train", "infer", "data")
@@ -55,11 +56,6 @@ TORCHVISION_SPECS = {"resnet50": ([3, 4, 6, 3], 1, 64), "resnext50_32x4d": ([3, 
 
 # ---- measuring ----------------------------------------------------------------------------------------------
 
-def _synchronize(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
-
-
 def time_calls(fn: Callable[[], object], *, images_per_call: int, device: torch.device, warmup: int, steps: int,
                window: int) -> dict:
     """Call `fn` `warmup` times, then `steps` times in windows of `window` calls; img/s per window and median.
@@ -72,11 +68,11 @@ def time_calls(fn: Callable[[], object], *, images_per_call: int, device: torch.
     rates = []
     for start in range(0, steps, window):
         calls = min(window, steps - start)
-        _synchronize(device)
+        synchronize(device)
         began = time.perf_counter()
         for _ in range(calls):
             fn()
-        _synchronize(device)
+        synchronize(device)
         rates.append(calls * images_per_call / (time.perf_counter() - began))
     return _rates_summary(rates, images_per_call)
 
@@ -252,7 +248,7 @@ def benchmark_training(arch: str = "resnext101_32x4d", *, batch_size: int = 256,
     peak measured in the same process. `compare` (synthetic data only) adds the peer's figures, timed by
     time_peer_training, and ours / theirs.
     """
-    from .distributed import pick_device
+    from .device import resolve_device
     from .engine import resolve_memory_format, resolve_precision, train
     from .recipe import TrainConfig
     from .report.log import read_log
@@ -263,7 +259,7 @@ def benchmark_training(arch: str = "resnext101_32x4d", *, batch_size: int = 256,
         raise UserError(f"--warmup must be 0 or more, got {warmup}.")
     if compare is not None and data is not None:
         raise UserError("--compare times the peer on synthetic data; drop --data (or --compare) to compare.")
-    torch_device = pick_device(device)
+    torch_device = resolve_device(device)
     if compare is not None:
         peer_model(compare, arch, num_classes or 1000)  # refuse an impossible comparison before the long part
     warmup_steps, timed_steps = _round_up(warmup, window), _round_up(steps, window)
@@ -440,7 +436,7 @@ def benchmark_inference(arch: str = "resnext101_32x4d", *, batch_size: int = 256
     convolution first (resnext.export.fold_batchnorm, as export --fold-bn does). `compare` times the peer's model
     the way the peers' script does (autocast for eager and compiled runs; fp16 weights for CUDA graphs).
     """
-    from .distributed import pick_device
+    from .device import resolve_device
     from .engine import configure_backends, resolve_memory_format, resolve_precision
     from .models import create_model
 
@@ -449,7 +445,7 @@ def benchmark_inference(arch: str = "resnext101_32x4d", *, batch_size: int = 256
                   window=window)
     if warmup < 0:
         raise UserError(f"--warmup must be 0 or more, got {warmup}.")
-    torch_device = pick_device(device)
+    torch_device = resolve_device(device)
     if cuda_graphs and torch_device.type != "cuda":
         raise UserError("--cuda-graphs needs a CUDA device.")
     if compare is not None:

@@ -17,7 +17,7 @@ from typing import Callable
 
 import torch
 
-from .errors import UserError
+from .errors import UserError, first_line
 
 FORMAT = "resnext.checkpoint"
 FORMAT_VERSION = 1
@@ -65,7 +65,15 @@ def atomic_write(path: str | os.PathLike, write: Callable[[io.BufferedWriter], N
 
 
 def _umask() -> int:
-    mask = os.umask(0)  # reading the umask means setting it; put it straight back
+    # Linux reports it without changing it; setting and restoring it would race with threads creating files.
+    try:
+        with open("/proc/self/status") as status:
+            for line in status:
+                if line.startswith("Umask:"):
+                    return int(line.split()[1], 8)
+    except OSError:
+        pass
+    mask = os.umask(0)
     os.umask(mask)
     return mask
 
@@ -90,7 +98,7 @@ def read_checkpoint(path: str | os.PathLike) -> dict:
         if isinstance(err, pickle.UnpicklingError) and "weights only load failed" in str(err).lower():
             raise UserError(f"'{path}' holds pickled Python objects besides tensors, which resnext refuses to load "
                             "because that can run code; resnext train never writes such a file.") from None
-        raise UserError(f"checkpoint '{path}' cannot be read ({_first_line(err)}); "
+        raise UserError(f"checkpoint '{path}' cannot be read ({first_line(err)}); "
                         "it is truncated, corrupt or not a PyTorch file.") from None
     if not isinstance(state, dict) or state.get("format") != FORMAT:
         raise UserError(f"'{path}' is not a resnext training checkpoint; "
@@ -119,7 +127,7 @@ def _failed_crc(path: Path) -> str | None:
                     while member.read(1 << 24):
                         pass
     except (zipfile.BadZipFile, EOFError, OSError, ValueError) as err:
-        return _first_line(err)
+        return first_line(err)
     return None
 
 
@@ -165,8 +173,3 @@ def prune_checkpoints(workspace: str | os.PathLike, keep: int) -> list[Path]:
         except FileNotFoundError:
             pass
     return removed
-
-
-def _first_line(err: BaseException) -> str:
-    text = str(err).strip().splitlines()
-    return text[0][:200] if text else type(err).__name__

@@ -15,6 +15,7 @@ import torch
 import torch.distributed as dist
 from torch import nn
 
+from .device import resolve_device
 from .errors import UserError
 
 
@@ -35,29 +36,17 @@ class DistEnv:
         return self.rank == 0
 
 
-def pick_device(requested: str | None, local_rank: int = 0) -> torch.device:
-    """The device this process trains on: `requested` if given, else this rank's GPU, else the CPU."""
-    if requested is None:
-        requested = "cuda" if torch.cuda.is_available() else "cpu"
-    try:
-        device = torch.device(requested)
-    except RuntimeError:
-        raise UserError(f"--device '{requested}' is not a device name; use cpu, cuda or cuda:N.") from None
-    if device.type == "cuda":
-        if not torch.cuda.is_available():
-            raise UserError("--device cuda was requested but no CUDA GPU is visible; use --device cpu.")
-        index = device.index if device.index is not None else local_rank % torch.cuda.device_count()
-        device = torch.device("cuda", index)
-        torch.cuda.set_device(device)
-    return device
-
-
 def setup(requested_device: str | None = None, backend: str | None = None) -> DistEnv:
     """Read torchrun's environment and join the process group (a no-op for a single process)."""
     world_size = int(os.environ.get("WORLD_SIZE", "1"))
     rank = int(os.environ.get("RANK", "0"))
     local_rank = int(os.environ.get("LOCAL_RANK", "0"))
-    device = pick_device(requested_device, local_rank)
+    if world_size > 1 and requested_device is not None and ":" in str(requested_device):
+        raise UserError(f"--device {requested_device} would put every torchrun process on one GPU; pass --device "
+                        "cuda and each process takes its own (LOCAL_RANK).")
+    device = resolve_device(requested_device, local_rank)
+    if device.type == "cuda":
+        torch.cuda.set_device(device)
     env = DistEnv(rank=rank, world_size=world_size, local_rank=local_rank, device=device)
     if world_size > 1 and not dist.is_initialized():
         backend = backend or ("nccl" if device.type == "cuda" else "gloo")
@@ -85,6 +74,13 @@ def all_reduce_sum(tensor: torch.Tensor, env: DistEnv) -> torch.Tensor:
     """Sum over ranks, in place; returns the tensor for chaining."""
     if env.distributed:
         dist.all_reduce(tensor, op=dist.ReduceOp.SUM)
+    return tensor
+
+
+def all_reduce_max(tensor: torch.Tensor, env: DistEnv) -> torch.Tensor:
+    """Elementwise maximum over ranks, in place; returns the tensor for chaining."""
+    if env.distributed:
+        dist.all_reduce(tensor, op=dist.ReduceOp.MAX)
     return tensor
 
 

@@ -6,7 +6,8 @@
 
 Everything a checkpoint needs to continue bit-for-bit is either saved (model, optimizer, scaler, EMA, position,
 RNG states) or a pure function of (seed, step): the LR schedule, the data order and augmentation, MixUp draws.
-The hot loop has no host-device synchronisation except at --print-freq log points.
+The hot loop (SGD, the default) waits for the device only at --print-freq log points and checkpoint saves;
+fp16 AMP with RMSprop adds one wait per step (the loss scaler's inf check on an unfused optimizer).
 """
 from __future__ import annotations
 
@@ -27,6 +28,7 @@ from torch import nn
 
 from . import checkpoint as ckpt
 from . import distributed
+from .device import synchronize
 from .distributed import DistEnv
 from .errors import UserError
 from .logger import RunLogger
@@ -86,18 +88,22 @@ def autocast(device: torch.device, precision: str):
     return torch.autocast(device_type=device.type, dtype=dtype)
 
 
-def make_scaler(precision: str, config: TrainConfig, device: torch.device) -> torch.amp.GradScaler:
+def make_scaler(precision: str, config: TrainConfig, optimizer: torch.optim.Optimizer,
+                device: torch.device) -> torch.amp.GradScaler:
     """NVIDIA's loss scaler for fp16 (starts at --static-loss-scale, x2 after 100 clean steps, /2 on overflow).
 
-    Other precisions use a scaler fixed at 1.0 too: its device-side inf/NaN check skips a poisoned update without a
-    host synchronisation, and multiplying by 1 changes no number.
+    Other precisions use a scaler fixed at 1.0 too: its inf/NaN check skips a poisoned update, and multiplying by
+    1 changes no number. The check is free on the CPU and, with the fused SGD, stays on the GPU; with an unfused
+    optimizer on a GPU (RMSprop) it would wait for the device every step, so there it is off and a NaN loss is
+    only reported (LossHealth) until a run of them stops training.
     """
     if precision == "amp":
         growth_interval = 100 if config.dynamic_loss_scale else 2**31 - 1
         return torch.amp.GradScaler(device.type, init_scale=config.static_loss_scale, growth_factor=2.0,
                                     backoff_factor=0.5, growth_interval=growth_interval)
+    check_on_device = device.type == "cpu" or bool(optimizer.defaults.get("fused"))
     return torch.amp.GradScaler(device.type, init_scale=1.0, growth_factor=2.0, backoff_factor=0.5,
-                                growth_interval=2**31 - 1)
+                                growth_interval=2**31 - 1, enabled=check_on_device)
 
 
 # ---- pieces of the step -----------------------------------------------------------------------------------
@@ -131,8 +137,9 @@ def mixup(images: torch.Tensor, labels: torch.Tensor, num_classes: int, alpha: f
           rng: random.Random) -> tuple[torch.Tensor, torch.Tensor]:
     """NVIDIA's MixUp: one Beta(alpha, alpha) weight per batch, partner images from a random permutation."""
     lam = rng.betavariate(alpha, alpha)
-    generator = torch.Generator().manual_seed(rng.getrandbits(63))
-    perm = torch.randperm(images.shape[0], generator=generator).to(images.device, non_blocking=True)
+    # Drawn where the images are: a permutation made on the host would be a pageable copy every step.
+    generator = torch.Generator(device=images.device).manual_seed(rng.getrandbits(63))
+    perm = torch.randperm(images.shape[0], generator=generator, device=images.device)
     onehot = F.one_hot(labels, num_classes).float()
     mixed_images = images.mul(lam).add_(images[perm], alpha=1.0 - lam)
     return mixed_images, onehot.mul(lam).add_(onehot[perm], alpha=1.0 - lam)
@@ -154,8 +161,11 @@ class LossHealth:
         self.total += bad
         self.last_bad_step = torch.where(bad, torch.full_like(self.last_bad_step, step), self.last_bad_step)
 
-    def check(self, run_logger: RunLogger) -> None:
-        total, consecutive, last = (int(v) for v in torch.stack([self.total, self.consecutive, self.last_bad_step]))
+    def check(self, env: DistEnv) -> None:
+        """Warn about new non-finite losses; stop after too many in a row. Every rank decides from the counts of all
+        ranks, so no rank leaves while the others wait in a collective."""
+        counts = torch.stack([self.total, self.consecutive, self.last_bad_step])
+        total, consecutive, last = (int(v) for v in distributed.all_reduce_max(counts, env))
         if total > self.reported:
             notices.warning(f"warning: non-finite loss in {total - self.reported} step(s), the last at global step "
                             f"{last}; those updates were skipped.")
@@ -181,7 +191,7 @@ class Progress:
     step_in_epoch: int = 0  # optimizer steps finished inside it
     global_step: int = 0
     best_top1: float = 0.0
-    best_top5: float = 0.0
+    best_topk: float = 0.0  # top-k accuracy (--topk, 5 by default) of the best epoch
     best_epoch: int = -1
     epochs_without_improvement: int = 0
     epoch_loss_sum: float = 0.0  # so a resumed epoch still reports the mean over all of its steps
@@ -212,7 +222,6 @@ class Run:
     logger: RunLogger
     health: LossHealth
     progress: Progress = field(default_factory=Progress)
-    best_checkpoint: Path | None = None
     last_checkpoint: Path | None = None
     unsaved: str | None = None  # why the latest checkpoint write failed; None once one succeeds
     steps_this_run: int = 0  # optimizer steps of this invocation (--prof counts them across epochs)
@@ -253,6 +262,9 @@ def _train(config: TrainConfig, env: DistEnv) -> dict:
     if state is not None:
         check_resume_compatible(state, config, num_classes, resume_path)
     model = create_model(config.arch, num_classes, conv_init=config.conv_init, last_bn_0_init=config.last_bn_0_init)
+    if config.evaluate and state is None and not config.pretrained_from_file:
+        raise UserError(f"--evaluate found no checkpoint to evaluate ({config.resume}); pass --resume CHECKPOINT or "
+                        "--pretrained-from-file FILE.")
     if config.pretrained_from_file and state is None:
         from .weights import load_weights
 
@@ -270,7 +282,7 @@ def _train(config: TrainConfig, env: DistEnv) -> dict:
                         "--optimizer-batch-size.")
     peak_lr = config.peak_lr(env.world_size)
     optimizer = build_optimizer(config, model, peak_lr, env.device)
-    scaler = make_scaler(precision, config, env.device)
+    scaler = make_scaler(precision, config, optimizer, env.device)
     progress = Progress()
     if state is not None:
         progress = restore(state, model, ema, optimizer, scaler, config, env, steps_per_epoch)
@@ -322,7 +334,8 @@ def fit(run: Run) -> dict:
                 break
             epoch_metrics = epoch_train_metrics(run, time.time() - epoch_started, run.steps_per_epoch - first_step)
             run.logger.epoch_end(p.epoch, epoch_metrics, run.steps_per_epoch)
-            run.epoch_throughputs.append(epoch_metrics["train.total_ips"])
+            if "train.total_ips" in epoch_metrics:
+                run.epoch_throughputs.append(epoch_metrics["train.total_ips"])
             is_best = False
             if not config.training_only:
                 is_best = validate_epoch(run)
@@ -413,11 +426,10 @@ def train_one_epoch(run: Run, stop: StopSignal) -> str:
 
 def log_window(run: Run, window: dict, lr: float) -> None:
     """One log point: the only place the loop waits for the device."""
-    run.health.check(run.logger)
+    run.health.check(run.env)
     env, config, p = run.env, run.config, run.progress
     loss = distributed.all_reduce_sum(window["loss"].clone(), env) / env.world_size
-    if run.device.type == "cuda":
-        torch.cuda.synchronize(run.device)
+    synchronize(run.device)
     elapsed = time.perf_counter() - window["start"]
     steps = window["steps"]
     images = steps * config.batch_size * env.world_size * run.accumulation
@@ -438,27 +450,37 @@ def epoch_train_metrics(run: Run, seconds: float, steps_timed: int) -> dict:
     p, config, env = run.progress, run.config, run.env
     loss = torch.tensor([p.epoch_loss_sum], dtype=torch.float64, device=run.device)
     loss = float(distributed.all_reduce_sum(loss, env)) / env.world_size
-    images = steps_timed * config.batch_size * env.world_size * run.accumulation
-    return {"train.loss": loss / run.steps_per_epoch, "train.lr": run.schedule(max(0, p.global_step - 1)),
-            "train.total_ips": images / max(seconds, 1e-9), "train.epoch_time": seconds}
+    metrics = {"train.loss": loss / run.steps_per_epoch, "train.lr": run.schedule(max(0, p.global_step - 1)),
+               "train.epoch_time": seconds}
+    if steps_timed:  # a run resumed at an epoch's very end trained nothing to time
+        images = steps_timed * config.batch_size * env.world_size * run.accumulation
+        metrics["train.total_ips"] = images / max(seconds, 1e-9)
+    return metrics
+
+
+def validate(run: Run) -> dict:
+    """The model (and its EMA) on the validation split, as logged metric names (val.top1, val_ema.top1, ...)."""
+    config = run.config
+    share_rank0_statistics(run)
+    max_batches = config.prof if config.prof > 0 else None
+    common = dict(device=run.device, precision=run.precision, topk=config.topk, env=run.env,
+                  max_batches=max_batches, num_classes=run.num_classes)
+    metrics = evaluate(run.model, run.val_loader, **common)
+    data = {f"val.{k}": v for k, v in metrics.items() if not isinstance(v, list)}
+    if run.ema is not None:
+        ema_metrics = evaluate(run.ema.module, run.val_loader, **common)
+        data.update({f"val_ema.{k}": ema_metrics[k] for k in ("top1", f"top{config.topk}", "loss")})
+    return data
 
 
 def validate_epoch(run: Run) -> bool:
-    """Evaluate the model (and its EMA) on the validation split; update best/early-stop state. True if best."""
-    p, config = run.progress, run.config
-    distributed.broadcast_buffers(run.model, run.env)
-    max_batches = config.prof if config.prof > 0 else None
-    metrics = evaluate(run.model, run.val_loader, device=run.device, precision=run.precision, topk=config.topk,
-                       env=run.env, max_batches=max_batches)
-    data = {f"val.{k}": v for k, v in metrics.items() if not isinstance(v, list)}
-    if run.ema is not None:
-        ema_metrics = evaluate(run.ema.module, run.val_loader, device=run.device, precision=run.precision,
-                               topk=config.topk, env=run.env, max_batches=max_batches)
-        data.update({f"val_ema.{k}": ema_metrics[k] for k in ("top1", f"top{config.topk}", "loss")})
+    """Validate at the end of an epoch and update the best / early-stopping state. True if this is the best."""
+    p = run.progress
+    data = validate(run)
     run.logger.epoch_end(p.epoch, data, run.steps_per_epoch)
-    is_best = metrics["top1"] > p.best_top1 or p.best_epoch < 0
+    is_best = data["val.top1"] > p.best_top1 or p.best_epoch < 0
     if is_best:
-        p.best_top1, p.best_top5, p.best_epoch = metrics["top1"], metrics[f"top{config.topk}"], p.epoch
+        p.best_top1, p.best_topk, p.best_epoch = data["val.top1"], data[f"val.top{run.config.topk}"], p.epoch
         p.epochs_without_improvement = 0
     else:
         p.epochs_without_improvement += 1
@@ -467,19 +489,26 @@ def validate_epoch(run: Run) -> bool:
 
 
 def evaluate_only(run: Run) -> dict:
-    """--evaluate: one pass over the validation split with the loaded weights, logged like an epoch."""
+    """--evaluate: one pass over the validation split with the loaded weights, logged as an EVALUATE entry (not
+    as an epoch of the training run whose log it may share)."""
     if run.val_loader is None:
         raise UserError("--evaluate needs a validation split (DATA/val).")
-    validate_epoch(run)
-    summary = {"val.top1": run.progress.best_top1, f"val.top{run.config.topk}": run.progress.best_top5,
-               "exit.reason": "evaluated"}
-    run.logger.summary(summary)
-    return summary
+    data = validate(run)
+    run.logger.log("EVALUATE", data)
+    run.logger.message("evaluation: " + "  ".join(f"{k} {v:.4g}" for k, v in data.items()))
+    return {**data, "exit.reason": "evaluated"}
+
+
+def share_rank0_statistics(run: Run) -> None:
+    """Rank 0's BatchNorm statistics (of the model and its EMA) on every rank: what is validated and saved."""
+    distributed.broadcast_buffers(run.model, run.env)
+    if run.ema is not None:
+        distributed.broadcast_buffers(run.ema.module, run.env)
 
 
 def finish(run: Run, reason: str, started: float) -> dict:
     p = run.progress
-    summary = {"best.top1": p.best_top1, "best.top5": p.best_top5, "best.epoch": p.best_epoch,
+    summary = {"best.top1": p.best_top1, f"best.top{run.config.topk}": p.best_topk, "best.epoch": p.best_epoch,
                "run.time": time.time() - started, "train.images": p.images_seen, "exit.reason": reason}
     if run.epoch_throughputs:
         summary["train.total_ips"] = sum(run.epoch_throughputs) / len(run.epoch_throughputs)
@@ -495,35 +524,35 @@ def finish(run: Run, reason: str, started: float) -> dict:
 
 @torch.no_grad()
 def evaluate(model: nn.Module, loader, *, device: torch.device, precision: str = "fp32", topk: int = 5,
-             env: DistEnv | None = None, max_batches: int | None = None, confusion: bool = False) -> dict:
+             env: DistEnv | None = None, max_batches: int | None = None, confusion: bool = False,
+             num_classes: int | None = None) -> dict:
     """Accuracy, loss (plain cross-entropy), throughput and per-batch latency of `model` on `loader`.
 
-    Under torchrun every rank evaluates its own shard and the counts are summed, so each image counts once.
-    Latency percentiles are rank 0's batches; `confusion=True` adds the (true x predicted) count matrix.
+    Under torchrun every rank evaluates its own shard and the counts are summed, so each image counts once (a
+    rank whose shard is empty still joins every sum). Latency percentiles are this rank's batches;
+    `confusion=True` adds the (true x predicted) count matrix. num_classes: default, the loader's class count.
     """
     env = env or DistEnv(device=device)
+    num_classes = num_classes or len(loader.class_names)
     was_training = model.training
     model.eval()
     sums = torch.zeros(4, dtype=torch.float64, device=device)  # loss, top-1 hits, top-k hits, images
-    per_class = None
-    matrix = None
+    per_class = torch.zeros(2, num_classes, dtype=torch.float64, device=device)  # images, top-1 hits
+    matrix = torch.zeros(num_classes * num_classes, dtype=torch.float64, device=device) if confusion else None
     latencies = []
     started = time.perf_counter()
     for index, (images, labels) in enumerate(loader):
         if max_batches is not None and index >= max_batches:
             break
-        _synchronize(device)
+        synchronize(device)
         t0 = time.perf_counter()
         with autocast(device, precision):
             logits = model(images)
         logits = logits.float()
-        _synchronize(device)
+        synchronize(device)
         latencies.append(time.perf_counter() - t0)
-        num_classes = logits.shape[1]
-        if per_class is None:
-            per_class = torch.zeros(2, num_classes, dtype=torch.float64, device=device)  # images, top-1 hits
-            if confusion:
-                matrix = torch.zeros(num_classes * num_classes, dtype=torch.float64, device=device)
+        if logits.shape[1] != num_classes:
+            raise UserError(f"the model has {logits.shape[1]} outputs but the data has {num_classes} classes.")
         top = logits.topk(min(topk, num_classes), dim=1).indices
         hits = top.eq(labels[:, None])
         sums += torch.stack([F.cross_entropy(logits, labels, reduction="sum").double(),
@@ -537,15 +566,14 @@ def evaluate(model: nn.Module, loader, *, device: torch.device, precision: str =
     model.train(was_training)
     local_images = float(sums[3])
     distributed.all_reduce_sum(sums, env)
-    if per_class is not None:
-        distributed.all_reduce_sum(per_class, env)
+    distributed.all_reduce_sum(per_class, env)
     if matrix is not None:
         distributed.all_reduce_sum(matrix, env)
     images = float(sums[3])
     if images == 0:
         raise UserError("the validation split yielded no readable images.")
     compute = sum(latencies)
-    ordered = sorted(latencies)
+    ordered = sorted(latencies) or [float("nan")]  # an empty shard has no latency to report
     result = {
         "top1": 100.0 * float(sums[1]) / images,
         f"top{topk}": 100.0 * float(sums[2]) / images,
@@ -553,7 +581,7 @@ def evaluate(model: nn.Module, loader, *, device: torch.device, precision: str =
         "images": int(images),
         "compute_ips": local_images * env.world_size / max(compute, 1e-9),
         "total_ips": images / max(wall, 1e-9),
-        "compute_latency": compute / len(latencies),
+        "compute_latency": compute / len(latencies) if latencies else float("nan"),
         "compute_latency_at95": _percentile(ordered, 95),
         "compute_latency_at99": _percentile(ordered, 99),
         "compute_latency_at100": ordered[-1],
@@ -570,11 +598,6 @@ def evaluate(model: nn.Module, loader, *, device: torch.device, precision: str =
 def _percentile(ordered: list[float], q: float) -> float:
     index = min(len(ordered) - 1, max(0, int(np.ceil(q / 100.0 * len(ordered))) - 1))
     return ordered[index]
-
-
-def _synchronize(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
 
 
 # ---- set-up helpers -----------------------------------------------------------------------------------------
@@ -613,6 +636,13 @@ def check_resume_compatible(state: dict, config: TrainConfig, num_classes: int, 
         raise UserError(f"checkpoint '{path}' is a {state.get('arch')} with {state.get('num_classes')} classes, "
                         f"but this run is a {resolve_arch(config.arch)} with {num_classes}; use the same --arch and "
                         "dataset, or a new --workspace.")
+    saved = state.get("config", {})
+    for option in ("optimizer", "bn_weight_decay"):  # they shape the optimizer state the checkpoint holds
+        if option in saved and saved[option] != getattr(config, option):
+            flag = "--" + option.replace("_", "-")
+            raise UserError(f"checkpoint '{path}' was trained with {flag} {saved[option]}, this run asks for "
+                            f"{getattr(config, option)}; resume with the same {flag}, or start from its weights "
+                            "with --pretrained-from-file in a new --workspace.")
 
 
 def build_loaders(config: TrainConfig, env: DistEnv, memory_format: torch.memory_format):
@@ -641,14 +671,13 @@ def build_loaders(config: TrainConfig, env: DistEnv, memory_format: torch.memory
 
 
 def make_logger(config: TrainConfig, env: DistEnv, workspace: Path) -> RunLogger:
-    tensorboard_dir = None
-    wants_tensorboard = config.tensorboard
-    if wants_tensorboard is None:
-        import importlib.util
+    import importlib.util
 
-        wants_tensorboard = importlib.util.find_spec("tensorboard") is not None
-    if wants_tensorboard and env.is_main:
-        tensorboard_dir = workspace / "tensorboard"
+    installed = importlib.util.find_spec("tensorboard") is not None
+    if config.tensorboard and not installed:
+        raise UserError('--tensorboard needs the tensorboard package: pip install "resnext[tensorboard]".')
+    wants_tensorboard = installed if config.tensorboard is None else config.tensorboard
+    tensorboard_dir = workspace / "tensorboard" if wants_tensorboard and env.is_main else None
     return RunLogger(workspace / config.raport_file, enabled=env.is_main, tensorboard_dir=tensorboard_dir,
                      progress=config.progress)
 
@@ -662,7 +691,7 @@ def log_parameters(run: Run, resume_path: Path | None) -> None:
                            "peak_lr": run.schedule.peak, "warmup_epochs": config.warmup_epochs(),
                            "torch_version": torch.__version__, "device_name": device_name,
                            "dataset_classes": len(run.class_names)})
-    if resume_path is not None:
+    if resume_path is not None and not config.evaluate:
         p = run.progress
         run.logger.log("RESUME", {"resume.epoch": p.epoch, "resume.step_in_epoch": p.step_in_epoch,
                                   "resume.global_step": p.global_step, "resume.checkpoint": str(resume_path)})
@@ -733,7 +762,7 @@ def save_training_checkpoint(run: Run, is_best: bool = False) -> Path | None:
     config, env = run.config, run.env
     if not config.save_checkpoints:
         return None
-    distributed.broadcast_buffers(run.model, env)
+    share_rank0_statistics(run)
     if not all(bool(torch.isfinite(t).all()) for t in run.model.state_dict().values() if t.is_floating_point()):
         raise TrainingDiverged("training stopped: the model weights are no longer finite, so they were not saved; "
                                f"the last good checkpoint is {run.last_checkpoint or 'the previous one'}. "
@@ -758,7 +787,6 @@ def save_training_checkpoint(run: Run, is_best: bool = False) -> Path | None:
                 _replace_with_link(path, run.workspace / config.checkpoint_filename)
                 if is_best:
                     _replace_with_link(path, run.workspace / BEST_FILENAME)
-                    run.best_checkpoint = run.workspace / BEST_FILENAME
                 keep = -1 if config.gather_checkpoints < 0 else max(2, config.gather_checkpoints)
                 ckpt.prune_checkpoints(run.workspace, keep)
             except OSError as err:  # the numbered checkpoint is complete: --resume auto finds it
@@ -788,7 +816,11 @@ def restore(state: dict, model: nn.Module, ema: ModelEMA | None, optimizer, scal
     model.load_state_dict(state["model"])
     if ema is not None:
         ema.module.load_state_dict(state["ema"] if state.get("ema") is not None else state["model"])
-    optimizer.load_state_dict(state["optimizer"])
+    try:
+        optimizer.load_state_dict(state["optimizer"])
+    except (ValueError, KeyError) as err:
+        raise UserError(f"the checkpoint's optimizer state does not fit this run's optimizer ({err}); resume with the "
+                        "settings it was trained with.") from None
     if state.get("scaler"):
         scaler.load_state_dict(state["scaler"])
     progress = Progress(**{k: v for k, v in state.get("progress", {}).items() if k in Progress.__dataclass_fields__})
@@ -796,12 +828,16 @@ def restore(state: dict, model: nn.Module, ema: ModelEMA | None, optimizer, scal
     if len(rng_states) == env.world_size:
         set_rng_state(rng_states[env.rank])
     saved = state.get("data_state", {})
+    saved_steps = state["schedule"]["steps_per_epoch"]
     same_geometry = (saved.get("batch_size") == config.batch_size and state.get("world_size") == env.world_size
-                     and saved.get("accumulation") == config.accumulation_steps(env.world_size))
-    if progress.step_in_epoch and not same_geometry:
-        # Another batch size or process count: continue at the same fraction of the epoch, not bit-exactly.
-        fraction = progress.step_in_epoch / max(1, state["schedule"]["steps_per_epoch"])
+                     and saved.get("accumulation") == config.accumulation_steps(env.world_size)
+                     and saved_steps == steps_per_epoch)
+    if not same_geometry:
+        # Another batch size, process count or dataset size: continue at the same fraction of the epoch, and count
+        # steps in the new epoch length so the LR schedule, EMA warm-up and MixUp draws stay where they were.
+        fraction = progress.step_in_epoch / max(1, saved_steps)
         progress.step_in_epoch = min(steps_per_epoch - 1, int(fraction * steps_per_epoch))
-        notices.warning("warning: the batch size or process count changed since the checkpoint; resuming at the "
-                        "same point of the epoch, but not bit-exactly.")
+        progress.global_step = progress.epoch * steps_per_epoch + progress.step_in_epoch
+        notices.warning("warning: the batch size, process count or dataset changed since the checkpoint; resuming "
+                        "at the same point of the epoch, but not bit-exactly.")
     return progress

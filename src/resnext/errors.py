@@ -6,3 +6,9 @@ class UserError(Exception):
 
     exit_code = 2
 
+
+
+def first_line(err: BaseException) -> str:
+    """An exception's message cut to its first line, for quoting inside a one-line error."""
+    lines = str(err).strip().splitlines()
+    return lines[0][:200] if lines else type(err).__name__

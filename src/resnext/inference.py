@@ -18,17 +18,14 @@ from typing import Callable
 import torch
 from torch import Tensor, nn
 
+from .device import synchronize
 from .errors import UserError
 
 log = logging.getLogger("resnext.inference")
 
-# Batch shapes whose CUDA graphs are kept; the evaluation loader yields at most two (full and last partial batch).
+# Batch shapes whose CUDA graphs are kept: the full batch and the last partial one, plus a few shorter batches
+# where unreadable images were dropped; beyond that, batches run eagerly rather than capturing more graphs.
 MAX_CAPTURED_SHAPES = 4
-
-
-def _synchronize(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
 
 
 def _autocast_without_cache(device: torch.device, precision: str):
@@ -54,7 +51,9 @@ def capture_graph(forward: Callable[[], torch.Tensor], device: torch.device) -> 
             forward()
     torch.cuda.current_stream(device).wait_stream(side)
     graph = torch.cuda.CUDAGraph()
-    with torch.cuda.graph(graph):
+    # thread_local: the data loader's pin-memory thread keeps calling the CUDA runtime while a graph is captured
+    # mid-evaluation, which the default (global) mode treats as an error in the capture.
+    with torch.cuda.graph(graph, capture_error_mode="thread_local"):
         output = forward()
 
     def replay() -> torch.Tensor:
@@ -142,7 +141,7 @@ def _warm_up(model: nn.Module, batch_sizes: list[int], image_size: int, device: 
         images = torch.randn(batch_size, 3, image_size, image_size, device=device)
         with autocast(device, precision):
             model(images.contiguous(memory_format=memory_format))
-    _synchronize(device)
+    synchronize(device)
 
 
 def evaluate_weights(data: str | Path, weights, *, use_ema: bool = False, arch: str | None = None,

@@ -2,7 +2,7 @@
 
 One dataclass holds every knob `resnext train` has; `validate()` turns impossible combinations into one-sentence
 UserErrors before anything expensive starts. Derived quantities (global batch, accumulation steps, peak LR,
-warmup) are methods, so a checkpoint's config dict is enough to rebuild the exact run.
+warmup) are methods of the config, so every checkpoint, which stores the config, records them exactly.
 """
 from __future__ import annotations
 
@@ -112,11 +112,6 @@ class TrainConfig:
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)
-
-    @classmethod
-    def from_dict(cls, values: dict) -> "TrainConfig":
-        known = {f.name for f in dataclasses.fields(cls)}
-        return cls(**{k: v for k, v in values.items() if k in known})
 
     # ---- validation -----------------------------------------------------------------------------------
     def validate(self, world_size: int = 1) -> "TrainConfig":

@@ -38,7 +38,7 @@ from torch import Tensor, nn
 
 from .checkpoint import FORMAT as CHECKPOINT_FORMAT
 from .checkpoint import atomic_write
-from .errors import UserError
+from .errors import UserError, first_line
 from .models import ARCHS, ArchSpec, create_model, resolve_arch
 
 log = logging.getLogger("resnext.weights")
@@ -349,7 +349,7 @@ def _load_safetensors(path: Path) -> tuple[dict[str, Tensor], dict]:
             tensors = {key: handle.get_tensor(key) for key in handle.keys()}
             header = handle.metadata() or {}
     except Exception as err:  # safetensors raises its own error types for torn headers and short files
-        raise UserError(f"'{path}' cannot be read as safetensors ({_first_line(err)}); it is truncated or "
+        raise UserError(f"'{path}' cannot be read as safetensors ({first_line(err)}); it is truncated or "
                         "corrupt.") from None
     # Our exports may record what the weights are under the "resnext" key (a JSON object with _OUR_META_KEYS).
     try:
@@ -395,7 +395,7 @@ def _load_torch_file(path: Path) -> Any:
             if not any(member.endswith("data.pkl") for member in members):
                 raise UserError(f"'{path}' is a zip archive, not a PyTorch file; unzip it and pass the weights "
                                 f"file inside ({', '.join(members[:3])}).") from None
-        raise UserError(f"'{path}' cannot be read as PyTorch or safetensors weights ({_first_line(err)}); it is "
+        raise UserError(f"'{path}' cannot be read as PyTorch or safetensors weights ({first_line(err)}); it is "
                         "truncated, corrupt or not a weights file.") from None
 
 
@@ -544,11 +544,6 @@ def _first(names, count: int = 3) -> str:
     return shown + (f", and {len(names) - count} more" if len(names) > count else "")
 
 
-def _first_line(err: BaseException) -> str:
-    lines = str(err).strip().splitlines()
-    return lines[0][:200] if lines else type(err).__name__
-
-
 def imagenet_class_names() -> list[str]:
     """The 1,000 ImageNet-1k class names in class-index order (torchvision's list, installed with torchvision)."""
     from torchvision.models import ResNet50_Weights
@@ -571,13 +566,13 @@ def _download(source: PretrainedSource, path: Path) -> None:
         try:
             response = urllib.request.urlopen(source.url, timeout=60)
         except (OSError, http.client.HTTPException) as err:  # URLError, refused, timeout, HTTP 404...
-            raise UserError(f"cannot download {source.name} ({_first_line(err)}); {by_hand}.") from None
+            raise UserError(f"cannot download {source.name} ({first_line(err)}); {by_hand}.") from None
         with response:
             while True:
                 try:
                     chunk = response.read(1 << 20)
                 except (OSError, http.client.HTTPException) as err:
-                    raise UserError(f"the download of {source.name} broke off ({_first_line(err)}); "
+                    raise UserError(f"the download of {source.name} broke off ({first_line(err)}); "
                                     f"{by_hand}.") from None
                 if not chunk:
                     break

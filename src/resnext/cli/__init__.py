@@ -80,6 +80,13 @@ def main(argv: list[str] | None = None) -> int:
     except MemoryError:
         print(f"{prog}: error: out of memory; lower --batch-size or the image size.", file=sys.stderr)
         return 1
+    except RuntimeError as err:
+        import torch
+
+        if not isinstance(err, torch.cuda.OutOfMemoryError):
+            raise
+        print(f"{prog}: error: the GPU ran out of memory; lower --batch-size or the image size.", file=sys.stderr)
+        return 1
     except OSError as err:
         # Disk full, permission denied, a path that vanished: the environment, not a bug in resnext.
         where = f": {err.filename}" if getattr(err, "filename", None) else ""

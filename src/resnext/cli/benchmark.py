@@ -18,12 +18,7 @@ import argparse
 import json
 
 from ..recipe import PRECISIONS
-from .options import non_negative_int, positive_int
-
-
-def _backend_list(text: str) -> tuple[str, ...]:
-    # Names are checked by create_loader, which knows every backend.
-    return tuple(name.strip() for name in text.split(",") if name.strip())
+from .options import name_list, non_negative_int, positive_int
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -46,7 +41,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help="infer: fold each BatchNorm into its convolution first (as resnext export --fold-bn does)")
     add("--data", metavar="DIR", default=None,
         help="train: a dataset folder (train/ and val/) to train on end to end instead of synthetic data")
-    add("--data-backend", type=_backend_list, default=None,
+    add("--data-backend", type=name_list, default=None,
         help="train: the backend (default synthetic, or pytorch with --data); data mode: comma-separated "
              "backends to time (default pytorch)")
     add("-j", "--workers", type=non_negative_int, default=5, help="data loading processes")

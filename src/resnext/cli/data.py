@@ -12,12 +12,7 @@ from __future__ import annotations
 import argparse
 import json
 
-from .options import non_negative_int, positive_int, unit_interval
-
-
-def _backend_list(text: str) -> tuple[str, ...]:
-    # Names are checked by create_loader: importing resnext.data here would slow every command's start.
-    return tuple(name.strip() for name in text.split(",") if name.strip())
+from .options import name_list, non_negative_int, positive_int, unit_interval
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -40,7 +35,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
     compare = sub.add_parser("compare", help="pixel differences between backends on the same images")
     compare.add_argument("dir", help="dataset root or split folder")
-    compare.add_argument("--backends", type=_backend_list, default=("pytorch", "gpu", "dali-cpu"),
+    compare.add_argument("--backends", type=name_list, default=("pytorch", "gpu", "dali-cpu"),
                          help="comma-separated, the first is the reference (default: pytorch,gpu,dali-cpu)")
     compare.add_argument("--train", action="store_true",
                          help="compare training batches (same crops: pytorch and gpu only) instead of eval batches")

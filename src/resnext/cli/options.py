@@ -67,3 +67,8 @@ def add_preprocessing_arguments(parser: argparse.ArgumentParser) -> None:
                        help="crop fraction: the shorter side is resized to image size / crop pct (0.875: 256 -> 224)")
     group.add_argument("--interpolation", choices=("bilinear", "bicubic"), default=None,
                        help="resize filter (timm's gluon weights: bicubic)")
+
+
+def name_list(text: str) -> tuple[str, ...]:
+    """'pytorch,gpu' -> ('pytorch', 'gpu'); the library checks the names (importing it here would slow start-up)."""
+    return tuple(name.strip() for name in text.split(",") if name.strip())

@@ -71,7 +71,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     schedule.add_argument("--early-stopping-patience", type=_positive_or_off, default=-1,
                           help="stop after N epochs without a better top-1; -1: off")
     schedule.add_argument("--prof", type=_positive_or_off, default=-1,
-                          help="run only N optimizer steps (and N validation batches), then stop")
+                          help="stop after N optimizer steps of this invocation and save (benchmarks, profiling); "
+                               "an epoch that ends first validates on at most N batches")
     schedule.add_argument("-b", "--batch-size", type=positive_int, default=256, help="images per GPU/process")
     schedule.add_argument("--optimizer-batch-size", type=_positive_or_off, default=-1,
                           help="images per optimizer step over all processes (gradient accumulation); -1: no "

@@ -16,6 +16,7 @@ import os
 
 import torch
 
+from ..device import resolve_device
 from ..errors import UserError
 from ..recipe import DATA_BACKENDS as BACKENDS
 from .decode import UnreadableImageError, load_image, max_image_pixels
@@ -32,19 +33,6 @@ def _check_positive(**values: int) -> None:
     for name, value in values.items():
         if not isinstance(value, int) or value < 1:
             raise UserError(f"{name} must be a whole number >= 1, got {value!r}.")
-
-
-def resolve_device(device: str | torch.device | None) -> torch.device:
-    """`device` as a torch.device (default: CUDA when there is one, else the CPU); UserError if it is unusable."""
-    if device is None:
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    try:
-        device = torch.device(device)
-    except (RuntimeError, TypeError):
-        raise UserError(f"unknown device '{device}'; use cpu, cuda or cuda:N.") from None
-    if device.type == "cuda" and not torch.cuda.is_available():
-        raise UserError(f"device '{device}' was asked for but PyTorch sees no CUDA GPU; use --device cpu.")
-    return device
 
 
 def create_loader(backend: str, root: str | os.PathLike | None = None, *, train: bool = True, batch_size: int = 256,

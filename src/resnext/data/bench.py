@@ -10,6 +10,7 @@ from typing import Iterator
 
 import torch
 
+from ..device import synchronize
 from ..errors import UserError
 from .transforms import IMAGENET_STD
 
@@ -28,11 +29,6 @@ def _batches(loader) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
         epoch += 1
 
 
-def _synchronize(tensor: torch.Tensor) -> None:
-    if tensor.device.type == "cuda":
-        torch.cuda.synchronize(tensor.device)
-
-
 def measure_loader(loader, warmup_batches: int = 10, timed_batches: int = 50, window: int = 10) -> dict:
     """Images per second a loader delivers on its device, with nothing else running.
 
@@ -46,12 +42,12 @@ def measure_loader(loader, warmup_batches: int = 10, timed_batches: int = 50, wi
         raise UserError("measure_loader needs timed_batches >= 1, warmup_batches >= 0 and window >= 1.")
     batches = _batches(loader)
     for _ in range(warmup_batches):
-        _synchronize(next(batches)[0])
+        synchronize(next(batches)[0].device)
     times, sizes = [], []
     last = time.perf_counter()
     for _ in range(timed_batches):
         images, _labels = next(batches)
-        _synchronize(images)
+        synchronize(images.device)
         now = time.perf_counter()
         times.append(now - last)
         sizes.append(len(images))

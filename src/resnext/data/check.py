@@ -1,7 +1,7 @@
 """`resnext data check`: decode every image of a dataset and report counts, unreadable files and statistics.
 
-Every file is fully decoded (with the same decoder and decompression-bomb limit as training), in worker
-processes, so what it calls unreadable is exactly what the loaders would skip.
+Every file is fully decoded with Pillow and the decompression-bomb limit of training, in worker processes; the
+loaders try libjpeg-turbo first and fall back to Pillow, so what this calls unreadable is what they would skip.
 """
 from __future__ import annotations
 

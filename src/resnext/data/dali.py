@@ -179,6 +179,8 @@ class DaliLoader(SkipRecorder):
                            batch_labels.reshape(-1).long().to(self.device, non_blocking=True))
                 return
             except RuntimeError as err:
+                if isinstance(err, torch.cuda.OutOfMemoryError):
+                    raise  # the GPU is full: not a file's fault, so no hunt for an unreadable one
                 if not self._skip_unreadable(files, err):
                     raise UserError(f"DALI stopped ({_dali_reason(err)}) on a file that resnext can read; use "
                                     "--data-backend pytorch or gpu.") from None

@@ -92,6 +92,10 @@ class GpuLoader(FolderLoader):
         """Decode on `device` in one batched call; when it raises, file by file (None where that fails too)."""
         if not payloads:
             return []
+        if self.device.type == "cuda":
+            # nvJPEG writes into fresh allocations from its own stream, which does not wait for this (side) stream:
+            # memory the previous batch's resize kernels still read could be handed out again. Let them finish.
+            torch.cuda.current_stream(self.device).synchronize()
         try:
             return list(decode_jpeg(payloads, mode=ImageReadMode.RGB, device=self.device))
         except RuntimeError:

@@ -96,10 +96,11 @@ class TrainAugment:
         if flip:
             image = F.horizontal_flip(image)
         if self.autoaugment is not None:
-            # torchvision's AutoAugment draws from torch's global generator: seed it per sample, and restore it
-            # so the caller's random state (the training process's, when workers=0) is untouched.
+            # torchvision's AutoAugment draws from torch's global CPU generator: seed it per sample, and restore
+            # it so the caller's random state (the training process's, when workers=0) is untouched. Only the
+            # CPU generator: torch.manual_seed would also reseed every CUDA generator.
             with torch.random.fork_rng(devices=[]):
-                torch.manual_seed(rng.getrandbits(63))
+                torch.default_generator.manual_seed(rng.getrandbits(63))
                 image = self.autoaugment(image)
         return image
 

@@ -27,7 +27,7 @@ class Evaluation:
     loss: float | None = None
     images: int | None = None
     img_s: float | None = None
-    latency_ms: dict[str, float] = field(default_factory=dict)  # mean, p90, p95, p99
+    latency_ms: dict[str, float] = field(default_factory=dict)  # mean, p90, p95, p99, p100
     weights: str | None = None
     arch: str | None = None
     per_class: list[ClassResult] = field(default_factory=list)

@@ -59,6 +59,7 @@ class RunLog:
     summary: dict = field(default_factory=dict)
     metadata: dict[str, dict] = field(default_factory=dict)
     skipped_lines: list[int] = field(default_factory=list)  # 1-based numbers of the lines that were skipped
+    evaluations: list[dict] = field(default_factory=list)  # `resnext train --evaluate` results appended to the log
     last_datetime: str | None = None
 
     @property
@@ -194,6 +195,14 @@ def read_log(path: str | Path) -> RunLog:
         elif not run.sessions:  # entries before any PARAMETER: a log whose header was lost
             run.sessions.append(Session(parameters={}))
         session = run.sessions[-1]
+        if kind == "EVALUATE":
+            # `train --evaluate` measured a checkpoint: not a training session, so it neither restarts the
+            # timeline nor replaces the run's parameters.
+            run.evaluations.append(dict(data))
+            if starting:
+                run.sessions.pop()
+                starting = False
+            continue
         if kind == "RESUME":
             point = _resume_point(data)
             if point is None:
@@ -258,7 +267,7 @@ def _parse(line: str) -> dict | None:
 
 
 def _classify(step) -> tuple[str | None, object]:
-    if step in ("PARAMETER", "RESUME"):
+    if step in ("PARAMETER", "RESUME", "EVALUATE"):
         return step, None
     if not isinstance(step, list) or len(step) > 2:
         return None, None
