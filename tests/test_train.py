@@ -203,3 +203,19 @@ def test_nonfinite_losses_stop_training_and_keep_the_last_checkpoint(small_data,
         train(tiny_config(small_data, tmp_path, epochs=3, training_only=True, resume="auto", lr=1e30,
                           max_nonfinite_steps=3, print_freq=1))
     assert_same_weights(good, final_state(tmp_path))
+
+
+def test_resume_with_another_optimizer_is_refused(small_data, tmp_path):
+    train(tiny_config(small_data, tmp_path, epochs=1, training_only=True))
+    with pytest.raises(UserError, match="--optimizer sgd"):
+        train(tiny_config(small_data, tmp_path, epochs=2, training_only=True, optimizer="rmsprop", resume="auto"))
+
+
+def test_resume_into_a_shorter_epoch_keeps_the_schedule_position(small_data, embedded_data, tmp_path):
+    # 10 steps an epoch, stopped at epoch 0 step 5; the dataset then shrinks to 5 steps an epoch: the run goes on
+    # at the same fraction of the epoch, with the global step counted in the new epoch length.
+    train(tiny_config(small_data, tmp_path / "ws", epochs=2, prof=5, training_only=True))
+    smaller = copy_subset(embedded_data, tmp_path / "smaller", 8, 2)
+    train(tiny_config(smaller, tmp_path / "ws", epochs=2, training_only=True, resume="auto", prof=1))
+    state = final_state(tmp_path / "ws")
+    assert (state["epoch"], state["step_in_epoch"], state["global_step"]) == (0, 3, 3)
