@@ -39,6 +39,7 @@ from torch import Tensor, nn
 from .checkpoint import FORMAT as CHECKPOINT_FORMAT
 from .checkpoint import atomic_write
 from .errors import UserError, first_line
+from .paths import cache_home
 from .models import ARCHS, ArchSpec, create_model, resolve_arch
 
 log = logging.getLogger("resnext.weights")
@@ -278,7 +279,7 @@ def default_source(arch: str) -> PretrainedSource:
 
 def weights_cache() -> Path:
     """Folder of downloaded weights: $RESNEXT_HOME/weights (default ~/.cache/resnext/weights)."""
-    return Path(os.environ.get("RESNEXT_HOME") or Path.home() / ".cache" / "resnext").expanduser() / "weights"
+    return cache_home() / "weights"
 
 
 def resolve_weights(spec: str | os.PathLike) -> Path:

@@ -17,6 +17,7 @@ from functools import lru_cache
 from pathlib import Path
 
 from ..errors import UserError
+from ..paths import cache_home
 from .folder import build_folder_atomically
 
 ARCHIVE = Path(__file__).resolve().parents[1] / "assets" / "fashion-mnist-mini.tar.xz"
@@ -33,13 +34,8 @@ def archive_digest() -> str:
     return hashlib.sha256(ARCHIVE.read_bytes()).hexdigest()
 
 
-def cache_dir() -> Path:
-    """$RESNEXT_HOME, or ~/.cache/resnext."""
-    return Path(os.environ.get("RESNEXT_HOME") or Path.home() / ".cache" / "resnext").expanduser()
-
-
 def default_location() -> Path:
-    return cache_dir() / "datasets" / f"fashion-mnist-mini-{archive_digest()[:12]}"
+    return cache_home() / "datasets" / f"fashion-mnist-mini-{archive_digest()[:12]}"
 
 
 def _is_materialized(dest: Path) -> bool:
