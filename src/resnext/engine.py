@@ -367,7 +367,13 @@ def train_one_epoch(run: Run, stop: StopSignal) -> str:
     run.train_model.train()
     device = run.device
     window = {"loss": torch.zeros((), device=device), "steps": 0, "data": 0.0, "start": time.perf_counter()}
-    epoch_loss = torch.zeros((), dtype=torch.float64, device=device)
+    epoch_loss = torch.zeros((), dtype=torch.float64, device=device)  # folded into p.epoch_loss_sum when read
+
+    def fold_epoch_loss() -> None:
+        p.epoch_loss_sum += float(epoch_loss)
+        epoch_loss.zero_()
+
+    outcome = "completed"
     while p.step_in_epoch < run.steps_per_epoch:
         lr = run.schedule(p.global_step)
         for group in run.optimizer.param_groups:
@@ -406,26 +412,24 @@ def train_one_epoch(run: Run, stop: StopSignal) -> str:
         window["steps"] += 1
         epoch_loss += step_loss
         if p.step_in_epoch % config.print_freq == 0 or p.step_in_epoch == run.steps_per_epoch:
-            p.epoch_loss_sum += float(epoch_loss)
-            epoch_loss.zero_()
+            fold_epoch_loss()
             log_window(run, window, lr)
         if distributed.any_rank(stop.requested, env):
-            p.epoch_loss_sum += float(epoch_loss)
-            return "stopped"
+            outcome = "stopped"
+            break
         if config.prof > 0 and run.steps_this_run >= config.prof:
-            p.epoch_loss_sum += float(epoch_loss)
-            return "prof"
+            outcome = "prof"
+            break
         if config.checkpoint_interval and p.global_step % config.checkpoint_interval == 0 \
                 and p.step_in_epoch < run.steps_per_epoch:
-            p.epoch_loss_sum += float(epoch_loss)
-            epoch_loss.zero_()
+            fold_epoch_loss()
             save_training_checkpoint(run)
-    p.epoch_loss_sum += float(epoch_loss)
-    return "completed"
+    fold_epoch_loss()
+    return outcome
 
 
 def log_window(run: Run, window: dict, lr: float) -> None:
-    """One log point: the only place the loop waits for the device."""
+    """One log point: with checkpoint saves, the only places the loop waits for the device."""
     run.health.check(run.env)
     env, config, p = run.env, run.config, run.progress
     loss = distributed.all_reduce_sum(window["loss"].clone(), env) / env.world_size
