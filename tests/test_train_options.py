@@ -264,6 +264,17 @@ def test_progress_lines_are_plain_when_not_a_terminal():
     assert stream.getvalue().endswith("eta 0:01:05\n") and "\r" not in stream.getvalue()
 
 
+def test_console_counts_epochs_from_one_and_the_log_from_zero(tmp_path):
+    stream = io.StringIO()
+    run_logger = RunLogger(tmp_path / "run.json", progress=False, stream=stream)
+    run_logger.epoch_end(11, {"val.top1": 80.3}, steps_per_epoch=10)
+    run_logger.summary({"best.top1": 80.3, "best.epoch": 11})
+    run_logger.close()
+    assert "epoch 12: val.top1 80.3" in stream.getvalue() and "best.epoch 12" in stream.getvalue()
+    summary = json.loads((tmp_path / "run.json").read_text().splitlines()[-1][5:])
+    assert summary["step"] == [] and summary["data"]["best.epoch"] == 11
+
+
 def test_early_stopping(small_data, tmp_path):
     summary = train(tiny_config(small_data, tmp_path, epochs=6, lr=1e-12, warmup=0, early_stopping_patience=2))
     assert summary["exit.reason"] == "early_stop"

@@ -120,7 +120,9 @@ class RunLogger:
         if not self.enabled:
             return
         self.log([], data)
-        self._console("summary: " + "  ".join(f"{k} {_fmt(v)}" for k, v in data.items()))
+        # The JSON log keeps DLLogger's 0-based epochs; the console counts from 1, as its per-epoch lines do.
+        shown = {k: v + 1 if k.endswith(".epoch") and isinstance(v, int) and v >= 0 else v for k, v in data.items()}
+        self._console("summary: " + "  ".join(f"{k} {_fmt(v)}" for k, v in shown.items()))
 
     def close(self) -> None:
         if self._live_line:
