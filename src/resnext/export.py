@@ -192,8 +192,11 @@ instance_group [
 # ---- formats ------------------------------------------------------------------------------------------------
 
 def _dynamo_exporter() -> bool:
-    """Whether torch has the torch.export-based ONNX exporter (torch >= 2.5; the default from 2.9)."""
-    return "dynamo" in inspect.signature(torch.onnx.export).parameters
+    """Whether torch has the torch.export-based ONNX exporter as used here (torch >= 2.5; the default from 2.9).
+
+    torch 2.4 already takes `dynamo=True` but not `dynamic_shapes`, so both are looked for.
+    """
+    return {"dynamo", "dynamic_shapes", "external_data"} <= set(inspect.signature(torch.onnx.export).parameters)
 
 
 def _require_onnx_tools() -> None:
