@@ -34,7 +34,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .device import synchronize
+from .device import autocast, compute_dtype, synchronize
 from .errors import UserError
 
 MODES = ("train", "infer", "data")
@@ -43,7 +43,6 @@ PEER_LIBRARIES = ("timm", "torchvision")
 TRAIN_FLOPS_PER_FORWARD = 3
 CALIBRATION_BATCH = 16  # images whose statistics the BN layers of a random-weight model are calibrated on
 RESIDUAL_SCALE = 0.2  # last-BN scale of each residual branch of a random-weight model (see the module docstring)
-_COMPUTE_DTYPES = {"amp": torch.float16, "amp-bf16": torch.bfloat16, "tf32": torch.float32, "fp32": torch.float32}
 
 # The same network in the peers' libraries. torchvision: (blocks, groups, width_per_group) for its ResNet class.
 TIMM_NAMES = {"resnet50": "resnet50", "resnext50_32x4d": "resnext50_32x4d", "resnext101_32x4d": "resnext101_32x4d",
@@ -89,7 +88,7 @@ def matmul_peak(device: torch.device, precision: str) -> dict:
     CUDA: 8192^3 in fp16 (amp), bf16 (amp-bf16), tf32 or strict fp32, random inputs, 3 warm-up and 10 timed
     products. CPU: a 1024^3 fp32 product. This is the ceiling MFU is measured against, not a datasheet figure.
     """
-    dtype = _COMPUTE_DTYPES[precision] if device.type == "cuda" else torch.float32
+    dtype = compute_dtype(precision) if device.type == "cuda" else torch.float32
     size, repeats = (8192, 10) if device.type == "cuda" else (1024, 5)
     previous = torch.backends.cuda.matmul.allow_tf32
     torch.backends.cuda.matmul.allow_tf32 = precision == "tf32"
@@ -187,19 +186,17 @@ def time_peer_training(library: str, arch: str, *, batch_size: int, image_size: 
                        precision: str, memory_format: torch.memory_format, compile: bool, device: torch.device,
                        warmup: int, steps: int, window: int) -> dict:
     """The peer's training step, as the baseline script runs it: autocast, GradScaler for fp16, SGD 0.875."""
-    from .engine import AUTOCAST_DTYPES
-
     torch.manual_seed(0)
     allocated = _reset_peak_memory(device)  # before the model, as ours is measured from before the loop builds it
     model = peer_model(library, arch, num_classes).to(device, memory_format=memory_format)
     optimizer = torch.optim.SGD(model.parameters(), lr=0.256, momentum=0.875, weight_decay=6.1e-5)
-    dtype = AUTOCAST_DTYPES.get(precision)
-    scaler = torch.amp.GradScaler(device.type, enabled=dtype == torch.float16 and device.type == "cuda")
+    fp16 = compute_dtype(precision) == torch.float16
+    scaler = torch.amp.GradScaler(device.type, enabled=fp16 and device.type == "cuda")
     forward = torch.compile(model) if compile else model
     images, labels = _synthetic_batch(batch_size, image_size, num_classes, device, memory_format)
 
     def step() -> None:
-        with torch.autocast(device.type, dtype=dtype or torch.float32, enabled=dtype is not None):
+        with autocast(device, precision):
             loss = F.cross_entropy(forward(images), labels, label_smoothing=0.1)
         optimizer.zero_grad(set_to_none=True)
         scaler.scale(loss).backward()
@@ -452,7 +449,7 @@ def benchmark_inference(arch: str = "resnext101_32x4d", *, batch_size: int = 256
         peer_model(compare, arch, num_classes)
     resolved_precision = resolve_precision(precision, torch_device)
     chosen_format = resolve_memory_format(memory_format, torch_device)
-    dtype = _COMPUTE_DTYPES[resolved_precision]
+    dtype = compute_dtype(resolved_precision)
     torch.manual_seed(0)
     images = _synthetic_batch(batch_size, image_size, num_classes, torch_device, chosen_format)[0]
     calibration = _synthetic_batch(CALIBRATION_BATCH, image_size, num_classes, torch_device, chosen_format)[0]
@@ -499,7 +496,7 @@ def _time_peer_inference(library: str, arch: str, images: torch.Tensor, calibrat
     """
     from .engine import configure_backends
 
-    device, dtype = images.device, _COMPUTE_DTYPES[precision]
+    device, dtype = images.device, compute_dtype(precision)
     model = peer_model(library, arch, num_classes).to(device, memory_format=memory_format)
     configure_backends("fp32", deterministic=False)
     trained_like(model, calibration)

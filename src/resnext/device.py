@@ -1,5 +1,7 @@
-"""Which device to run on, and waiting for it: the few lines every module shares."""
+"""Which device to run on, waiting for it, and the autocast of a precision: the few lines every module shares."""
 from __future__ import annotations
+
+import contextlib
 
 import torch
 
@@ -34,3 +36,19 @@ def synchronize(device: torch.device) -> None:
     """Wait until the device has finished its queued work (a no-op on the CPU): for timing and latency."""
     if device.type == "cuda":
         torch.cuda.synchronize(device)
+
+
+AUTOCAST_DTYPES = {"amp": torch.float16, "amp-bf16": torch.bfloat16}
+
+
+def compute_dtype(precision: str) -> torch.dtype:
+    """The dtype the math runs in under `precision` (amp | amp-bf16 | tf32 | fp32)."""
+    return AUTOCAST_DTYPES.get(precision, torch.float32)
+
+
+def autocast(device: torch.device, precision: str, cache_enabled: bool = True):
+    """The precision's autocast context; a no-op for tf32 and fp32."""
+    dtype = AUTOCAST_DTYPES.get(precision)
+    if dtype is None:
+        return contextlib.nullcontext()
+    return torch.autocast(device_type=device.type, dtype=dtype, cache_enabled=cache_enabled)

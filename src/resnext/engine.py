@@ -28,7 +28,7 @@ from torch import nn
 
 from . import checkpoint as ckpt
 from . import distributed
-from .device import synchronize
+from .device import autocast, synchronize
 from .distributed import DistEnv
 from .errors import UserError
 from .logger import RunLogger
@@ -39,7 +39,6 @@ from .recipe import TrainConfig
 
 notices = logging.getLogger("resnext")
 
-AUTOCAST_DTYPES = {"amp": torch.float16, "amp-bf16": torch.bfloat16}
 BEST_FILENAME = "model_best.pth.tar"
 
 
@@ -79,13 +78,6 @@ def configure_backends(precision: str, deterministic: bool) -> None:
     if deterministic:
         os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
         torch.use_deterministic_algorithms(True)
-
-
-def autocast(device: torch.device, precision: str):
-    dtype = AUTOCAST_DTYPES.get(precision)
-    if dtype is None:
-        return contextlib.nullcontext()
-    return torch.autocast(device_type=device.type, dtype=dtype)
 
 
 def make_scaler(precision: str, config: TrainConfig, optimizer: torch.optim.Optimizer,

@@ -10,7 +10,6 @@ throughput, batch 1 latency, eager / compiled / CUDA graph) is resnext.bench.ben
 """
 from __future__ import annotations
 
-import contextlib
 import logging
 from pathlib import Path
 from typing import Callable
@@ -18,7 +17,7 @@ from typing import Callable
 import torch
 from torch import Tensor, nn
 
-from .device import synchronize
+from .device import autocast, synchronize
 from .errors import UserError
 
 log = logging.getLogger("resnext.inference")
@@ -31,12 +30,7 @@ MAX_CAPTURED_SHAPES = 4
 def _autocast_without_cache(device: torch.device, precision: str):
     # Autocast's cache of casted weights must be off while a CUDA graph is captured (torch.cuda.graph docs);
     # this context also applies the precision when the caller has none around the call.
-    from .engine import AUTOCAST_DTYPES
-
-    dtype = AUTOCAST_DTYPES.get(precision)
-    if dtype is None:
-        return contextlib.nullcontext()
-    return torch.autocast(device_type=device.type, dtype=dtype, cache_enabled=False)
+    return autocast(device, precision, cache_enabled=False)
 
 
 def capture_graph(forward: Callable[[], torch.Tensor], device: torch.device) -> Callable[[], torch.Tensor]:
@@ -105,7 +99,7 @@ def prepare_model(model: nn.Module, device: str | torch.device, *, precision: st
 
     compile: torch.compile (inductor). cuda_graphs: capture a CUDA graph per batch shape (CUDA only); with
     compile as well, torch.compile's own CUDA graphs (mode="reduce-overhead"). The caller runs the result under
-    the precision's autocast (resnext.engine.autocast); the CUDA-graph wrapper applies it during capture.
+    the precision's autocast (resnext.device.autocast); the CUDA-graph wrapper applies it during capture.
     """
     device = torch.device(device)
     if cuda_graphs and device.type != "cuda":
@@ -135,7 +129,6 @@ def latency_summary(seconds: list[float]) -> dict[str, float]:
 def _warm_up(model: nn.Module, batch_sizes: list[int], image_size: int, device: torch.device, precision: str,
              memory_format: torch.memory_format) -> None:
     """One forward pass per batch shape, so compilation, graph capture and cuDNN autotuning are not timed."""
-    from .engine import autocast
 
     for batch_size in dict.fromkeys(size for size in batch_sizes if size > 0):
         images = torch.randn(batch_size, 3, image_size, image_size, device=device)

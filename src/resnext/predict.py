@@ -29,6 +29,7 @@ from torch import Tensor, nn
 from .data import IMAGE_EXTENSIONS, IMAGENET_MEAN, IMAGENET_STD, UnreadableImageError
 from .data.decode import decode_file, decode_pixels, to_rgb
 from .data.transforms import eval_resize_crop, interpolation_mode, resize_size
+from .device import autocast
 from .errors import UserError
 from .weights import imagenet_class_names
 
@@ -160,7 +161,6 @@ class Predictor:
     @torch.inference_mode()
     def logits(self, images: Tensor) -> Tensor:
         """float32 logits (N, classes) on the CPU of preprocessed images (N, 3, S, S)."""
-        from .engine import autocast
 
         images = images.to(self.device, non_blocking=True).contiguous(memory_format=self.memory_format)
         with autocast(self.device, self.precision):
