@@ -129,7 +129,6 @@ def latency_summary(seconds: list[float]) -> dict[str, float]:
 def _warm_up(model: nn.Module, batch_sizes: list[int], image_size: int, device: torch.device, precision: str,
              memory_format: torch.memory_format) -> None:
     """One forward pass per batch shape, so compilation, graph capture and cuDNN autotuning are not timed."""
-
     for batch_size in dict.fromkeys(size for size in batch_sizes if size > 0):
         images = torch.randn(batch_size, 3, image_size, image_size, device=device)
         with autocast(device, precision):

@@ -161,7 +161,6 @@ class Predictor:
     @torch.inference_mode()
     def logits(self, images: Tensor) -> Tensor:
         """float32 logits (N, classes) on the CPU of preprocessed images (N, 3, S, S)."""
-
         images = images.to(self.device, non_blocking=True).contiguous(memory_format=self.memory_format)
         with autocast(self.device, self.precision):
             return self.model(images).float().cpu()
