@@ -5,7 +5,7 @@
     python scripts/soak.py --minutes 5 --interval 30         # a short run
     python scripts/soak.py --arch resnext101_32x4d --image-size 224 --batch-size 128 --device cuda --out soak.json
 
-One `resnext.engine.train` run with many epochs, validation after each, a checkpoint every --checkpoint-interval
+One `resnext.training.train` run with many epochs, validation after each, a checkpoint every --checkpoint-interval
 steps and -j data workers, in a temporary workspace. A background thread samples, every --interval seconds, the
 resident memory of this process and of its data workers (VmRSS in /proc/PID/status), and on CUDA the allocated
 and reserved device memory. At the deadline it sends this process SIGTERM, so the run ends the way a preempted
@@ -90,7 +90,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
 
     from resnext.data import embedded
-    from resnext.engine import train
+    from resnext.training import train
     from resnext.recipe import TrainConfig
 
     device = torch.device(args.device or ("cuda" if torch.cuda.is_available() else "cpu"))

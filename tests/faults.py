@@ -64,16 +64,16 @@ def _kill_in_save(call_number: int, fraction: float) -> None:
 def _kill_rank(rank: int, at_step: int) -> None:
     if int(os.environ.get("RANK", "0")) != rank or os.environ.get("TORCHELASTIC_RESTART_COUNT", "0") != "0":
         return
-    from resnext import engine
+    from resnext import training
 
-    observe = engine.LossHealth.observe
+    observe = training.LossHealth.observe
 
     def observe_then_die(self, loss, step):
         observe(self, loss, step)
         if step == at_step:
             os.kill(os.getpid(), signal.SIGKILL)
 
-    engine.LossHealth.observe = observe_then_die
+    training.LossHealth.observe = observe_then_die
 
 
 def _slow_restart(rank: int, delay: float) -> None:

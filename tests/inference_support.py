@@ -39,7 +39,7 @@ def train_once(embedded: Path, base: Path) -> TrainedRun:
     """Train on a subset of `embedded` into `base` (once per process and base folder)."""
     if base in _RUNS:
         return _RUNS[base]
-    from resnext.engine import train
+    from resnext.training import train
     from resnext.recipe import TrainConfig
     from resnext.report import read_log
 

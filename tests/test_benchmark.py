@@ -5,6 +5,7 @@ import sys
 
 import pytest
 import torch
+from optional import needs_timm
 from torch import nn
 
 from resnext import bench
@@ -20,7 +21,8 @@ def run_json(capsys, *args) -> dict:
     return json.loads(capsys.readouterr().out)
 
 
-def test_train_times_the_engine_windows_after_warmup_and_compares_with_timm(capsys):
+@needs_timm
+def test_train_times_the_training_loop_windows_after_warmup_and_compares_with_timm(capsys):
     result = run_json(capsys, "--mode", "train", "--device", "cpu", "-a", "resnet50", "--num-classes", "10",
                       "--image-size", "32", "-b", "2", "--warmup", "1", "--steps", "3", "--window", "2",
                       "--compare", "timm")
@@ -130,6 +132,7 @@ def test_user_errors_are_one_line(capsys, args, message):
     assert message in err and len(err.splitlines()) == 1 and err.startswith("resnext benchmark: error:")
 
 
+@needs_timm
 def test_peer_models_match_our_parameter_counts():
     from resnext import create_model
 

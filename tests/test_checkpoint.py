@@ -2,7 +2,7 @@ import os
 
 import pytest
 
-from resnext.checkpoint import atomic_write
+from resnext.paths import atomic_write
 
 
 def test_atomic_write_gives_the_umask_mode_and_keeps_the_old_file_on_failure(tmp_path):

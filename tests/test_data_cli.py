@@ -4,6 +4,7 @@ import subprocess
 import sys
 
 import pytest
+from optional import needs_skimage
 from PIL import Image
 from test_data_support import BOMB_LIMIT, make_broken_dataset, needs_dali
 
@@ -49,6 +50,7 @@ def test_embedded_command_prints_the_folder(tmp_path, capsys):
     assert capsys.readouterr().out.strip() == str(tmp_path / "fm")
 
 
+@needs_skimage
 def test_imagenet_like_folder_looks_like_imagenet(tmp_path, capsys):
     assert main(["data", "make-imagenet-like", str(tmp_path / "inl"), "--classes", "2", "--per-class", "3",
                  "--val-per-class", "1", "--seed", "5"]) == 0

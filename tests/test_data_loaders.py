@@ -8,6 +8,7 @@ from PIL import Image
 from test_data_support import BOMB_LIMIT, make_broken_dataset, needs_dali
 
 from resnext.data import create_loader, embedded
+from resnext.data.base import Loader
 from resnext.data.transforms import IMAGENET_MEAN, IMAGENET_STD
 from resnext.errors import UserError
 
@@ -34,6 +35,7 @@ def test_backend_honours_the_contract(embedded_data, backend, workers):
     options = dict(image_size=32, workers=workers, device="cpu", memory_format=memory_format,
                    num_classes=10 if backend == "synthetic" else None, synthetic_batches_per_epoch=5)
     train = create_loader(backend, embedded_data, train=True, batch_size=64, **options)
+    assert isinstance(train, Loader)  # the typed protocol training and evaluation are written against
     assert train.class_names == (list(embedded.CLASS_NAMES) if backend != "synthetic" else
                                  [f"class_{i}" for i in range(10)])
     assert train.skipped == []

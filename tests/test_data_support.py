@@ -1,24 +1,13 @@
 """Helpers for the data tests: image writers and a folder of broken files (the embedded dataset: conftest)."""
 from __future__ import annotations
 
-import importlib.util
 import io
 from pathlib import Path
 
 import numpy as np
 import pytest
+from optional import needs_dali  # noqa: F401  (re-exported for the data tests)
 from PIL import Image
-
-
-def _dali_installed() -> bool:
-    try:
-        return importlib.util.find_spec("nvidia.dali") is not None
-    except ModuleNotFoundError:  # no "nvidia" namespace package at all
-        return False
-
-
-# DALI is in the test extra on x86_64 only; elsewhere its tests are skipped (the backend says how to install it).
-needs_dali = pytest.mark.skipif(not _dali_installed(), reason="NVIDIA DALI is not installed")
 
 
 def photo(width: int = 64, height: int = 48, seed: int = 0) -> np.ndarray:

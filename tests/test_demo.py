@@ -2,8 +2,10 @@
 import sys
 
 from conftest import run_command
+from optional import needs_matplotlib
 
 
+@needs_matplotlib
 def test_demo_trains_evaluates_and_reports(tmp_path, monkeypatch):
     monkeypatch.setenv("RESNEXT_HOME", str(tmp_path / "home"))  # the embedded dataset is materialized there
     workspace = tmp_path / "demo"

@@ -6,6 +6,7 @@ from pathlib import Path
 
 import pytest
 from inference_support import assert_user_error, single_thread, trained  # noqa: F401  (fixtures)
+from optional import needs_dali, needs_matplotlib
 
 from resnext.cli import main
 from resnext.report import check_evaluation
@@ -33,6 +34,7 @@ def test_reproduces_the_training_logs_top1_for_each_checkpoint(trained, capsys):
     assert ema["ema"] is True
 
 
+@needs_matplotlib
 def test_json_output_file_report_and_summary(trained, capsys, tmp_path):
     output, report = tmp_path / "out" / "evaluation.json", tmp_path / "report"
     result = evaluate_json(capsys, trained.val, "--weights", trained.best, "-b", 10, "--output-json", output,
@@ -62,6 +64,7 @@ def test_json_output_file_report_and_summary(trained, capsys, tmp_path):
     assert [line.split()[0] for line in text.splitlines()[-3:]] == [item["name"] for item in weakest_first]
 
 
+@needs_dali
 def test_compiled_channels_last_and_dali_agree_with_eager(trained, capsys):
     eager = evaluate_json(capsys, trained.val, "--weights", trained.best, "-b", 16)
     compiled = evaluate_json(capsys, trained.val, "--weights", trained.best, "-b", 16, "--compile",

@@ -5,14 +5,11 @@ import os
 import sys
 
 import numpy as np
-import onnx
-import onnxruntime
 import pytest
 import torch
-from google.protobuf import text_format
 from inference_support import CLASSES, assert_user_error, single_thread, trained  # noqa: F401  (fixtures)
+from optional import needs_onnx, needs_triton_client
 from torch import nn
-from tritonclient.grpc import model_config_pb2
 
 from resnext import export_model
 from resnext.cli import main
@@ -31,7 +28,10 @@ def random_batches(*sizes: int, image_size: int = 32) -> list[torch.Tensor]:
     return [torch.randn(size, 3, image_size, image_size, generator=generator) for size in sizes]
 
 
+@needs_onnx
 def test_onnx_runs_in_onnxruntime_at_batch_1_and_5(trained, tmp_path, capsys):
+    import onnxruntime
+
     output = tmp_path / "tiny.onnx"
     assert main(["export", "--weights", str(trained.best), "--format", "onnx", "--output", str(output)]) == 0
     assert f"wrote {output} (onnx, fp32" in capsys.readouterr().out
@@ -83,7 +83,14 @@ def test_safetensors_from_a_training_checkpoint_keeps_its_metadata(trained, tmp_
     assert saved.keys() == ema.keys() and all(torch.equal(saved[key], ema[key]) for key in saved)
 
 
+@needs_onnx
+@needs_triton_client
 def test_triton_repository_config_parses_and_names_what_the_onnx_file_has(trained, tmp_path):
+    import onnx
+    import onnxruntime
+    from google.protobuf import text_format
+    from tritonclient.grpc import model_config_pb2
+
     repository = tmp_path / "model_repository"
     assert main(["export", "--weights", str(trained.best), "--format", "triton", "--output", str(repository),
                  "--precision", "fp16", "--fold-bn", "--model-name", "fashion-v2", "--max-batch-size", "32",

@@ -16,7 +16,7 @@ from PIL import Image
 import resnext
 from resnext.cli import main
 from resnext.data import create_loader
-from resnext.predict import Preprocessing, find_images
+from resnext.prediction import Preprocessing, find_images
 from resnext.weights import imagenet_class_names
 from resnext.weights import load_model
 

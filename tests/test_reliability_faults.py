@@ -76,16 +76,16 @@ def test_a_failed_last_checkpoint_exits_non_zero_and_names_the_intact_one(tiny, 
     workspace = tmp_path / "workspace"
     argv = [data, *TRAIN_ARGS, "--workspace", workspace]
     if exit_path == "preemption":
-        from resnext import engine
+        from resnext import training
 
-        observe = engine.LossHealth.observe
+        observe = training.LossHealth.observe
 
         def observe_then_sigterm(self, loss, step):  # the scheduler preempts the job during step 6
             observe(self, loss, step)
             if step == 6:
                 os.kill(os.getpid(), signal.SIGTERM)
 
-        monkeypatch.setattr(engine.LossHealth, "observe", observe_then_sigterm)
+        monkeypatch.setattr(training.LossHealth, "observe", observe_then_sigterm)
         failing_save(monkeypatch, set(range(6, 100)), errno.EACCES)  # permissions lost after 5 checkpoints
         intact, lost = "checkpoint-0001-00000005.pt", "checkpoint-0001-00000007.pt"
     else:

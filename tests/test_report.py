@@ -17,6 +17,7 @@ from html.parser import HTMLParser
 from pathlib import Path
 
 import pytest
+from optional import needs_matplotlib
 
 from resnext.cli import main
 from resnext.errors import UserError
@@ -135,7 +136,7 @@ def training_runs(tmp_path_factory, embedded_data) -> dict[str, Path]:
     """
     from conftest import copy_subset
     from resnext.checkpoint import list_checkpoints
-    from resnext.engine import train
+    from resnext.training import train
     from resnext.recipe import TrainConfig
 
     root = tmp_path_factory.mktemp("runs")
@@ -304,6 +305,7 @@ def check_summary_against_log(page: PageParser, log: Path, column: int = 0) -> N
 
 # ---- reports ----------------------------------------------------------------------------------------------------
 
+@needs_matplotlib
 def test_single_run_report(training_runs):
     run = training_runs["amp"]
     index = write_report([run])
@@ -322,6 +324,7 @@ def test_single_run_report(training_runs):
     assert not list((run / "report").glob(".*tmp"))  # atomic writes left no temporary files
 
 
+@needs_matplotlib
 def test_two_runs_overlaid(training_runs, tmp_path):
     amp, tf32 = training_runs["amp"], training_runs["tf32"]
     with pytest.raises(UserError, match="--output"):
@@ -335,12 +338,14 @@ def test_two_runs_overlaid(training_runs, tmp_path):
     assert '<tr class="differs" data-key="precision">' in html and 'class="differs" data-key="arch"' not in html
 
 
+@needs_matplotlib
 def test_data_bound_run_is_flagged(training_runs, data_bound_run, tmp_path):
     page = parse_page(write_report([training_runs["amp"], data_bound_run], tmp_path / "compare"))
     assert any(note.startswith(f"{data_bound_run.name}: data-bound") for note in page.notes)
     assert not any(note.startswith("amp: data-bound") for note in page.notes)
 
 
+@needs_matplotlib
 def test_resumed_run_is_one_continuous_curve(training_runs):
     run_dir = training_runs["resumed"]
     log = read_log(run_dir)
@@ -371,6 +376,7 @@ def session_times(path: Path) -> list[float]:
     return times
 
 
+@needs_matplotlib
 def test_partial_run_still_going(training_runs, tmp_path, caplog):
     run_dir = tmp_path / "partial"
     shutil.copytree(training_runs["partial"], run_dir)
@@ -393,6 +399,7 @@ def test_partial_run_still_going(training_runs, tmp_path, caplog):
     assert summary_value(page, "train.compute_ips")[0] == pytest.approx(sum(compute) / len(compute), rel=1e-12)
 
 
+@needs_matplotlib
 def test_run_with_evaluation_json_and_hostile_strings(tmp_path, caplog):
     run_dir = tmp_path / "<b>run&$\\frac$"  # HTML and matplotlib mathtext syntax: must show as typed
     run_dir.mkdir()
@@ -433,6 +440,7 @@ def _evaluation(num_classes: int) -> dict:
             "confusion": confusion, "class_names": names, "weights": "runs/x/best.pt", "arch": "resnext101_32x4d"}
 
 
+@needs_matplotlib
 def test_evaluation_report(tmp_path):
     small = _evaluation(num_classes=12)
     page = parse_page(write_evaluation_report(small, tmp_path / "small"))
@@ -452,6 +460,7 @@ def test_evaluation_report(tmp_path):
             write_evaluation_report(broken, tmp_path / "broken")
 
 
+@needs_matplotlib
 def test_cli_report_and_its_errors(training_runs, tmp_path, capsys):
     result = subprocess.run([sys.executable, "-m", "resnext", "report", str(training_runs["tf32"]),
                              "--output", str(tmp_path / "out")], capture_output=True, text=True, timeout=120)

@@ -19,8 +19,9 @@ import numpy as np
 import pytest
 import torch
 from inference_support import CLASSES, assert_user_error, single_thread, trained  # noqa: F401  (fixtures)
+from optional import needs_pytriton
 
-from resnext.predict import Preprocessing
+from resnext.prediction import Preprocessing
 from resnext.serve import _let_stub_find_libpython, _stop_on_signals
 from resnext.weights import load_model
 
@@ -47,6 +48,7 @@ def metric(url: str, name: str, model: str) -> float:
     return float(found.group(1))
 
 
+@needs_pytriton
 def test_serve_answers_like_pytorch_batches_and_stops_on_sigterm(trained, tmp_path):
     from tritonclient import grpc as triton_grpc
     from tritonclient import http as triton_http

@@ -1,4 +1,4 @@
-"""The training engine end to end on the CPU: it learns, it resumes exactly, and torchrun matches one process."""
+"""The training loop end to end on the CPU: it learns, it resumes exactly, and torchrun matches one process."""
 from __future__ import annotations
 
 import json
@@ -13,7 +13,7 @@ import pytest
 import torch
 
 from resnext.checkpoint import list_checkpoints, read_checkpoint
-from resnext.engine import train
+from resnext.training import train
 from resnext.errors import UserError
 from resnext.recipe import TrainConfig
 
@@ -195,7 +195,7 @@ def test_corrupt_newest_checkpoint_is_skipped(small_data, tmp_path, caplog):
 
 
 def test_nonfinite_losses_stop_training_and_keep_the_last_checkpoint(small_data, tmp_path):
-    from resnext.engine import TrainingDiverged
+    from resnext.errors import TrainingDiverged
 
     train(tiny_config(small_data, tmp_path, epochs=1, training_only=True))
     good = final_state(tmp_path)

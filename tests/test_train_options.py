@@ -8,14 +8,15 @@ from pathlib import Path
 
 import pytest
 import torch
+from optional import needs_tensorboard
 
 from resnext.checkpoint import list_checkpoints, read_checkpoint
 from resnext.cli import build_parser
 from resnext.cli.train import config_from_args
-from resnext.engine import train
 from resnext.errors import UserError
 from resnext.logger import RunLogger
 from resnext.recipe import TrainConfig
+from resnext.training import train
 
 from test_train import final_state, log_entries, tiny_config
 
@@ -49,7 +50,7 @@ BEHAVIOUR_TESTS = {
     "--lr-schedule": "test_recipe.py::test_step_schedule_uses_nvidias_milestones",
     "--end-lr": "test_recipe.py::test_cosine_ends_at_end_lr_and_linear_schedule",
     "--warmup": "test_recipe.py::test_warmup_then_cosine_per_step",
-    "--label-smoothing": "test_recipe.py::test_label_smoothing_matches_hand_computation",
+    "--label-smoothing": "test_recipe.py::test_training_step_loss_is_label_smoothed_cross_entropy",
     "--mixup": "test_train.py::test_resume_after_run_epochs_is_bit_exact",
     "--optimizer": "test_train_options.py::test_optimizer_options_reach_the_optimizer",
     "--momentum": "test_recipe.py::test_sgd_step_applies_weight_decay_and_momentum_by_hand",
@@ -242,6 +243,7 @@ def test_checkpoint_files_and_retention(small_data, tmp_path):
     assert not list(Path(tmp_path / "none").glob("*.pt")) and not (tmp_path / "none" / "checkpoint.pth.tar").exists()
 
 
+@needs_tensorboard
 def test_logs_tensorboard_progress_and_topk(small_data, tmp_path, capsys):
     train(tiny_config(small_data, tmp_path, epochs=1, topk=3, print_freq=4, raport_file="run.json",
                       tensorboard=True, progress=True))

@@ -20,6 +20,7 @@ from dataclasses import replace
 
 import pytest
 import torch
+from optional import needs_timm
 from safetensors.torch import save_file
 from torch import nn
 
@@ -94,8 +95,10 @@ def test_torchvision_resnext101_file_builds_and_matches(tmp_path):
 
 @pytest.mark.parametrize("timm_name, arch", [("resnext101_32x4d", "resnext101_32x4d"),
                                              ("seresnext101_32x4d", "se_resnext101_32x4d")])
+@needs_timm
 def test_timm_state_dicts_load_as_is(timm_name, arch):
-    timm = pytest.importorskip("timm")
+    import timm
+
     source = randomized(timm.create_model(timm_name, pretrained=False))
     model, meta = load_model(source.state_dict())
     assert meta.arch == arch and meta.path is None

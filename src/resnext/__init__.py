@@ -13,18 +13,35 @@ The public API (stable):
     evaluate_weights(data, weights) -> dict         top-1/top-5/loss, img/s, latency percentiles, per class
     export_model(weights, format, output)           verified ONNX / TorchScript / ExportedProgram / safetensors
                                                     / Triton repository (resnext.serve.serve: a live server)
+
+The names are imported on first use (PEP 562), so `import resnext` and the `resnext` command's argument parsing
+do not pay for importing torch and torchvision.
 """
+from __future__ import annotations
+
+import importlib
+
 from .errors import UserError
-from .export import export_model
-from .inference import evaluate_weights
-from .models import create_model, list_models
-from .predict import Predictor, Preprocessing, predict
-from .report import read_log, write_report
-from .summary import model_summary
-from .weights import load_model, load_weights
 
 __version__ = "0.1.0"
 
-__all__ = ["Predictor", "Preprocessing", "UserError", "create_model", "evaluate_weights", "export_model",
-           "list_models", "load_model", "load_weights", "model_summary", "predict", "read_log", "write_report",
-           "__version__"]
+# public name -> the module that defines it
+_EXPORTS = {
+    "create_model": "models", "list_models": "models", "load_weights": "weights", "load_model": "weights",
+    "model_summary": "summary", "read_log": "report", "write_report": "report", "predict": "prediction",
+    "Predictor": "prediction", "Preprocessing": "prediction", "evaluate_weights": "inference", "export_model": "export",
+}
+
+__all__ = ["UserError", "__version__", *sorted(_EXPORTS)]
+
+
+def __getattr__(name: str):
+    if name not in _EXPORTS:
+        raise AttributeError(f"module 'resnext' has no attribute '{name}'")
+    value = getattr(importlib.import_module(f".{_EXPORTS[name]}", __name__), name)
+    globals()[name] = value  # later lookups skip this function
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted(set(globals()) | set(_EXPORTS))

@@ -1,6 +1,6 @@
 """Benchmarks: how fast our training loop, inference and data loaders run, and how that compares with the peers.
 
-    benchmark_training(arch, ...)   img/s of `resnext.engine.train` itself (median of its logged windows)
+    benchmark_training(arch, ...)   img/s of `resnext.training.train` itself (median of its logged windows)
     benchmark_inference(arch, ...)  img/s and latency of the forward pass (eager, torch.compile, CUDA graph)
     benchmark_data(root, backends)  img/s each data backend delivers on its own (resnext.data.bench)
     matmul_peak(device, precision)  the matrix-multiply rate measured here: the denominator of MFU
@@ -37,7 +37,6 @@ from torch import nn
 from .device import autocast, compute_dtype, synchronize
 from .errors import UserError
 
-MODES = ("train", "infer", "data")
 PEER_LIBRARIES = ("timm", "torchvision")
 # A training step costs about three forward passes (forward, and the two halves of backward).
 TRAIN_FLOPS_PER_FORWARD = 3
@@ -234,7 +233,7 @@ def benchmark_training(arch: str = "resnext101_32x4d", *, batch_size: int = 256,
                        compile: bool = False, device: str | None = None, data: str | None = None,
                        data_backend: str = "synthetic", workers: int = 5, warmup: int = 20, steps: int = 50,
                        window: int = 10, compare: str | None = None) -> dict:
-    """img/s of our real training loop: `resnext.engine.train` with `--prof`, read back from its DLLogger log.
+    """img/s of our real training loop: `resnext.training.train` with `--prof`, read back from its DLLogger log.
 
     The loop runs warmup + steps optimizer steps (each rounded up to whole windows of `window` steps), logging
     every `window` steps; the windows after the warm-up give the median img/s (train.total_ips, data waits
@@ -245,8 +244,8 @@ def benchmark_training(arch: str = "resnext101_32x4d", *, batch_size: int = 256,
     peak measured in the same process. `compare` (synthetic data only) adds the peer's figures, timed by
     time_peer_training, and ours / theirs.
     """
-    from .device import resolve_device
-    from .engine import resolve_memory_format, resolve_precision, train
+    from .device import resolve_device, resolve_memory_format, resolve_precision
+    from .training import train
     from .recipe import TrainConfig
     from .report.log import read_log
 
@@ -274,9 +273,9 @@ def benchmark_training(arch: str = "resnext101_32x4d", *, batch_size: int = 256,
         if data_backend == "synthetic":
             raise UserError("--data DIR needs a file backend: --data-backend pytorch, gpu, dali-cpu or dali-gpu.")
         per_epoch, dataset_classes = _dataset_geometry(data, batch_size)
-        num_classes = num_classes or dataset_classes  # the engine checks that a given count matches the folder
+        num_classes = num_classes or dataset_classes  # training checks that a given count matches the folder
         epochs = -(-total // per_epoch)
-        # The engine's --prof stops inside an epoch; past one epoch, whole epochs run (so more windows are timed).
+        # Training's --prof stops inside an epoch; past one epoch, whole epochs run (so more windows are timed).
         timed_steps = timed_steps if epochs == 1 else epochs * per_epoch - warmup_steps
         config.update(data=str(data), epochs=epochs, prof=total if epochs == 1 else -1)
     with tempfile.TemporaryDirectory(prefix="resnext-benchmark-") as workspace:
@@ -433,8 +432,7 @@ def benchmark_inference(arch: str = "resnext101_32x4d", *, batch_size: int = 256
     convolution first (resnext.export.fold_batchnorm, as export --fold-bn does). `compare` times the peer's model
     the way the peers' script does (autocast for eager and compiled runs; fp16 weights for CUDA graphs).
     """
-    from .device import resolve_device
-    from .engine import configure_backends, resolve_memory_format, resolve_precision
+    from .device import configure_backends, resolve_device, resolve_memory_format, resolve_precision
     from .models import create_model
 
     num_classes = num_classes or 1000
@@ -494,7 +492,7 @@ def _time_peer_inference(library: str, arch: str, images: torch.Tensor, calibrat
 
     The peer has its own random weights, so its error is measured against its own fp32 logits.
     """
-    from .engine import configure_backends
+    from .device import configure_backends
 
     device, dtype = images.device, compute_dtype(precision)
     model = peer_model(library, arch, num_classes).to(device, memory_format=memory_format)

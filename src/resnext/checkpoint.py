@@ -1,81 +1,33 @@
-"""Training checkpoints: atomic writes, validation on read, retention, and discovery for `--resume auto`.
+"""Training checkpoints: what they hold (training_state, RNG states), atomic writes with the failure policy,
+validation on read, restoring a run's objects and position, retention, and discovery for `--resume auto`.
 
 A checkpoint is a plain dict of tensors, numbers and strings (docs/ARCHITECTURE.md lists the keys), saved with
 `torch.save` and read with `weights_only=True`, so reading one never runs code.
 """
 from __future__ import annotations
 
-import io
+import logging
 import os
 import pickle
+import random
 import re
-import logging
-import tempfile
+import shutil
 import zipfile
 from pathlib import Path
-from typing import Callable
 
+import numpy as np
 import torch
+from torch import nn
 
 from .errors import UserError, first_line
+from .paths import atomic_write
 
 FORMAT = "resnext.checkpoint"
 FORMAT_VERSION = 1
+BEST_FILENAME = "model_best.pth.tar"  # NVIDIA's name for the best epoch's checkpoint
 notices = logging.getLogger("resnext")
 _NUMBERED = re.compile(r"^checkpoint-(\d+)-(\d+)\.pt$")  # checkpoint-<epoch>-<global step>.pt
 _INTERRUPTED = re.compile(r"^\.checkpoint-\d+-\d+\.pt\..+\.tmp$")  # atomic_write's temporary file of one
-
-
-def atomic_write(path: str | os.PathLike, write: Callable[[io.BufferedWriter], None]) -> Path:
-    """Write a file so that `path` holds either its old content or the complete new one, never a torn mix.
-
-    The data goes to a temporary file in the same folder, is flushed and fsync'ed, then renamed over `path`,
-    and the folder is fsync'ed so the rename itself survives a power cut. A failure removes the temporary file
-    and re-raises, leaving any previous `path` untouched.
-    """
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        # mkstemp creates the file private (0600); give it the mode any new file gets, so a checkpoint, export or
-        # report can be shared the way the user's umask allows.
-        os.fchmod(fd, 0o666 & ~_umask())
-        with os.fdopen(fd, "wb") as handle:
-            write(handle)
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        try:
-            os.unlink(tmp)
-        except FileNotFoundError:
-            pass
-        raise
-    try:
-        dir_fd = os.open(path.parent, os.O_RDONLY)
-    except OSError:  # some filesystems do not allow opening folders; the rename is still atomic
-        return path
-    try:
-        os.fsync(dir_fd)
-    except OSError:
-        pass
-    finally:
-        os.close(dir_fd)
-    return path
-
-
-def _umask() -> int:
-    # Linux reports it without changing it; setting and restoring it would race with threads creating files.
-    try:
-        with open("/proc/self/status") as status:
-            for line in status:
-                if line.startswith("Umask:"):
-                    return int(line.split()[1], 8)
-    except OSError:
-        pass
-    mask = os.umask(0)
-    os.umask(mask)
-    return mask
 
 
 def save_checkpoint(path: str | os.PathLike, state: dict) -> Path:
@@ -173,3 +125,158 @@ def prune_checkpoints(workspace: str | os.PathLike, keep: int) -> list[Path]:
         except FileNotFoundError:
             pass
     return removed
+
+
+# ---- what a checkpoint holds --------------------------------------------------------------------------------
+
+def training_state(*, arch: str, class_names: list[str], model: nn.Module, ema_model: nn.Module | None,
+                   optimizer: torch.optim.Optimizer, scaler: torch.amp.GradScaler, schedule: dict, progress: dict,
+                   metrics: dict, config: dict, preprocessing: dict, rng: list[dict], world_size: int,
+                   batch_size: int, accumulation: int) -> dict:
+    """The dict a training checkpoint holds (docs/ARCHITECTURE.md, "Checkpoint format"): everything needed to
+    continue bit-for-bit. `progress` is the loop's position (epoch, step_in_epoch, global_step, best_*, ...);
+    `rng` one rng_state() per rank; batch_size per process, accumulation micro-batches per optimizer step."""
+    return {
+        "arch": arch, "num_classes": len(class_names), "class_names": list(class_names),
+        "model": model.state_dict(), "ema": ema_model.state_dict() if ema_model is not None else None,
+        "optimizer": optimizer.state_dict(), "scaler": scaler.state_dict(), "schedule": schedule,
+        "epoch": progress["epoch"], "step_in_epoch": progress["step_in_epoch"],
+        "global_step": progress["global_step"], "best_top1": progress["best_top1"],
+        "progress": progress, "metrics": dict(metrics), "config": config, "preprocessing": preprocessing,
+        "rng": rng, "world_size": world_size,
+        "data_state": {"epoch": progress["epoch"], "start_batch": progress["step_in_epoch"] * accumulation,
+                       "batch_size": batch_size, "accumulation": accumulation},
+    }
+
+
+def rng_state() -> dict:
+    """This process's torch, Python, NumPy (and CUDA, once initialized) generator states, as weights_only-loadable
+    values (tensors, ints, lists, dicts)."""
+    state = {"torch": torch.get_rng_state(), "python": _python_rng_to_list(random.getstate()),
+             "numpy": _numpy_rng_to_dict(np.random.get_state())}
+    if torch.cuda.is_available() and torch.cuda.is_initialized():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def set_rng_state(state: dict) -> None:
+    """Put back the generator states rng_state() captured."""
+    torch.set_rng_state(state["torch"])
+    version, internal, gauss = state["python"]
+    random.setstate((version, tuple(internal), gauss))
+    numpy_state = state["numpy"]
+    np.random.set_state((numpy_state["kind"], np.asarray(numpy_state["keys"], dtype=np.uint32),
+                         numpy_state["pos"], numpy_state["has_gauss"], numpy_state["cached_gaussian"]))
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
+
+
+def _python_rng_to_list(state) -> list:
+    version, internal, gauss = state
+    return [version, list(internal), gauss]
+
+
+def _numpy_rng_to_dict(state) -> dict:
+    kind, keys, pos, has_gauss, cached = state
+    return {"kind": kind, "keys": torch.from_numpy(keys.astype(np.int64)), "pos": int(pos),
+            "has_gauss": int(has_gauss), "cached_gaussian": float(cached)}
+
+
+# ---- restoring ----------------------------------------------------------------------------------------------
+
+def restore_objects(state: dict, *, model: nn.Module, ema_model: nn.Module | None, optimizer: torch.optim.Optimizer,
+                    scaler: torch.amp.GradScaler, rank: int, world_size: int) -> None:
+    """Load a checkpoint into freshly built objects, and this rank's RNG states when the process count is the same.
+
+    An EMA missing from the checkpoint starts from the model's weights. Raises UserError when the optimizer state
+    does not fit the optimizer (another optimizer or parameter grouping)."""
+    model.load_state_dict(state["model"])
+    if ema_model is not None:
+        ema_model.load_state_dict(state["ema"] if state.get("ema") is not None else state["model"])
+    try:
+        optimizer.load_state_dict(state["optimizer"])
+    except (ValueError, KeyError) as err:
+        raise UserError(f"the checkpoint's optimizer state does not fit this run's optimizer ({err}); resume with the "
+                        "settings it was trained with.") from None
+    if state.get("scaler"):
+        scaler.load_state_dict(state["scaler"])
+    rng_states = state.get("rng") or []
+    if len(rng_states) == world_size:
+        set_rng_state(rng_states[rank])
+
+
+def resume_position(state: dict, fields: tuple[str, ...], *, batch_size: int, world_size: int, accumulation: int,
+                    steps_per_epoch: int) -> dict:
+    """The loop position (the `fields` of the saved "progress" dict) to continue from.
+
+    With the same batch size, process count, accumulation and epoch length the position is the saved one (exact
+    resume). Otherwise the run continues at the same fraction of the epoch, with steps counted in the new epoch
+    length so the LR schedule, EMA warm-up and MixUp draws stay where they were, and a warning says it is not exact.
+    """
+    position = {k: v for k, v in state.get("progress", {}).items() if k in fields}
+    saved = state.get("data_state", {})
+    saved_steps = state["schedule"]["steps_per_epoch"]
+    same_geometry = (saved.get("batch_size") == batch_size and state.get("world_size") == world_size
+                     and saved.get("accumulation") == accumulation and saved_steps == steps_per_epoch)
+    if not same_geometry:
+        fraction = position.get("step_in_epoch", 0) / max(1, saved_steps)
+        position["step_in_epoch"] = min(steps_per_epoch - 1, int(fraction * steps_per_epoch))
+        position["global_step"] = position.get("epoch", 0) * steps_per_epoch + position["step_in_epoch"]
+        notices.warning("warning: the batch size, process count or dataset changed since the checkpoint; resuming "
+                        "at the same point of the epoch, but not bit-exactly.")
+    return position
+
+
+# ---- writing, with the failure policy -----------------------------------------------------------------------
+
+class CheckpointWriter:
+    """Rank 0's numbered checkpoints in a workspace, the always-newest and best links, and retention.
+
+    A failed write (disk full, permissions) keeps every earlier checkpoint and returns None with a warning, so
+    training goes on; `unsaved` says why until a later write succeeds (the run exits non-zero if its last write
+    failed). `last` is the newest checkpoint this writer completed.
+    """
+
+    def __init__(self, workspace: str | os.PathLike, latest_name: str = "checkpoint.pth.tar",
+                 keep: int = 0) -> None:
+        self.workspace = Path(workspace)
+        self.latest_name = latest_name
+        self.keep = -1 if keep < 0 else max(2, keep)  # NVIDIA's --gather-checkpoints: -1 all, else at least 2
+        self.last: Path | None = None
+        self.unsaved: str | None = None
+
+    def write(self, state: dict, epoch: int, global_step: int, is_best: bool = False) -> Path | None:
+        path = self.workspace / checkpoint_name(epoch, global_step)
+        try:
+            save_checkpoint(path, state)
+        except OSError as err:
+            previous = self.last or next(iter(list_checkpoints(self.workspace)), "none yet")
+            self.unsaved = (f"could not write checkpoint {path} ({err.strerror or err}); the previous checkpoint "
+                            f"({previous}) is intact")
+            notices.warning(f"warning: {self.unsaved} and training continues.")
+            return None
+        self.unsaved = None
+        self.last = path
+        try:
+            _replace_with_link(path, self.workspace / self.latest_name)
+            if is_best:
+                _replace_with_link(path, self.workspace / BEST_FILENAME)
+            prune_checkpoints(self.workspace, self.keep)
+        except OSError as err:  # the numbered checkpoint is complete: --resume auto finds it
+            notices.warning(f"warning: wrote {path} but could not update {self.latest_name} or prune older "
+                            f"checkpoints ({err.strerror or err}).")
+        return path
+
+
+def _replace_with_link(source: Path, target: Path) -> None:
+    """Point `target` at `source`'s bytes atomically: a hard link where the filesystem allows, else a copy."""
+    temporary = target.with_name(f".{target.name}.tmp")
+    try:
+        temporary.unlink()
+    except FileNotFoundError:
+        pass
+    try:
+        os.link(source, temporary)
+    except OSError:
+        shutil.copyfile(source, temporary)
+    os.replace(temporary, target)

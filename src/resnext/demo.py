@@ -33,7 +33,8 @@ def run_demo(workspace: str | Path = "resnext-demo", device: str | None = None, 
              report: bool = True) -> dict:
     """Train on the embedded dataset, evaluate the best checkpoint, write the report; returns what it prints."""
     from .data.embedded import materialize
-    from .engine import BEST_FILENAME, train
+    from .checkpoint import BEST_FILENAME
+    from .training import train
     from .inference import evaluate_weights
 
     data = materialize()

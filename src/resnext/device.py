@@ -1,7 +1,9 @@
-"""Which device to run on, waiting for it, and the autocast of a precision: the few lines every module shares."""
+"""Which device to run on, its numerics (precision, memory format, backend flags), waiting for it, and the
+autocast of a precision: the set-up that training, evaluation, prediction and benchmarks share."""
 from __future__ import annotations
 
 import contextlib
+import os
 
 import torch
 
@@ -52,3 +54,48 @@ def autocast(device: torch.device, precision: str, cache_enabled: bool = True):
     if dtype is None:
         return contextlib.nullcontext()
     return torch.autocast(device_type=device.type, dtype=dtype, cache_enabled=cache_enabled)
+
+
+def resolve_precision(precision: str | None, device: torch.device) -> str:
+    """The precision to run in: `precision`, or by default fp16 AMP on CUDA and fp32 on the CPU."""
+    return precision or ("amp" if device.type == "cuda" else "fp32")
+
+
+def resolve_memory_format(memory_format: str | None, device: torch.device) -> torch.memory_format:
+    """torch.channels_last for 'nhwc', torch.contiguous_format for 'nchw'; by default NHWC on CUDA, NCHW on CPUs.
+
+    On CUDA every stage's grouped convolution is faster in NHWC with current cuDNN (SPEC.md section 6); on CPUs the
+    oneDNN grouped kernels gain little, and NCHW keeps the CPU path simple.
+    """
+    chosen = memory_format or ("nhwc" if device.type == "cuda" else "nchw")
+    return torch.channels_last if chosen == "nhwc" else torch.contiguous_format
+
+
+def configure_backends(precision: str, deterministic: bool) -> None:
+    """TF32 for fp32 math unless strict fp32 is asked for; cuDNN autotuning unless bit-exact runs are."""
+    allow_tf32 = precision != "fp32"
+    torch.backends.cuda.matmul.allow_tf32 = allow_tf32
+    torch.backends.cudnn.allow_tf32 = allow_tf32
+    torch.backends.cudnn.benchmark = not deterministic
+    torch.backends.cudnn.deterministic = deterministic
+    if deterministic:
+        os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
+        torch.use_deterministic_algorithms(True)
+
+
+def make_grad_scaler(precision: str, device: torch.device, optimizer: torch.optim.Optimizer, *,
+                     init_scale: float = 128.0, dynamic: bool = True) -> torch.amp.GradScaler:
+    """NVIDIA's loss scaler for fp16: starts at `init_scale` (--static-loss-scale), x2 after 100 clean steps when
+    `dynamic`, /2 on overflow (NVIDIA's DLE ConvNets, image_classification/training.py).
+
+    Other precisions get a scaler fixed at 1.0 too: its inf/NaN check skips a poisoned update, and multiplying by 1
+    changes no number. The check is free on the CPU and, with the fused SGD, stays on the GPU; with an unfused
+    optimizer on a GPU (RMSprop) it would wait for the device every step, so there it is off and a NaN loss is only
+    reported (training's LossHealth) until a run of them stops training.
+    """
+    if precision == "amp":
+        return torch.amp.GradScaler(device.type, init_scale=init_scale, growth_factor=2.0, backoff_factor=0.5,
+                                    growth_interval=100 if dynamic else 2**31 - 1)
+    check_on_device = device.type == "cpu" or bool(optimizer.defaults.get("fused"))
+    return torch.amp.GradScaler(device.type, init_scale=1.0, growth_factor=2.0, backoff_factor=0.5,
+                                growth_interval=2**31 - 1, enabled=check_on_device)

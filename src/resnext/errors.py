@@ -7,8 +7,20 @@ class UserError(Exception):
     exit_code = 2
 
 
-
 def first_line(err: BaseException) -> str:
     """An exception's message cut to its first line, for quoting inside a one-line error."""
     lines = str(err).strip().splitlines()
     return lines[0][:200] if lines else type(err).__name__
+
+
+class TrainingDiverged(UserError):
+    """The loss stayed non-finite, or the weights became non-finite: training stops, the last good checkpoint stays."""
+
+    exit_code = 3
+
+
+class CheckpointNotSaved(UserError):
+    """The checkpoint written on the way out (end, preemption, --prof, --run-epochs) failed: the run exits non-zero,
+    since the steps after the newest checkpoint on disk would otherwise be lost without notice."""
+
+    exit_code = 1

@@ -26,10 +26,10 @@ from pathlib import Path
 import torch
 from torch import Tensor, nn
 
-from .checkpoint import atomic_write
+from .deployment import EXPORT_FORMATS, REPOSITORY_MAX_BATCH, REPOSITORY_QUEUE_DELAY_US
 from .errors import UserError
+from .paths import atomic_write
 
-FORMATS = ("onnx", "torchscript", "exported-program", "safetensors", "triton")
 EXTENSIONS = {"onnx": ".onnx", "torchscript": ".pt", "exported-program": ".pt2", "safetensors": ".safetensors"}
 PRECISIONS = {"fp32": torch.float32, "fp16": torch.float16}
 INPUT_NAME = "images"
@@ -37,8 +37,6 @@ OUTPUT_NAME = "logits"
 VERIFY_BATCHES = (1, 5)
 # Allowed difference between an export's logits and the fp32 PyTorch model's: atol + rtol * max |logit|.
 TOLERANCE = {"fp32": (1e-4, 1e-4), "fp16": (1e-2, 2e-2)}
-DEFAULT_MAX_BATCH = 256
-DEFAULT_QUEUE_DELAY_US = 100
 TRITON_NAME = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.-]*$")  # a model name Triton accepts, and a safe folder name
 
 
@@ -83,8 +81,8 @@ def fold_batchnorm(model: nn.Module) -> nn.Module:
 
 def export_model(weights, format: str, output: str | Path | None = None, *, use_ema: bool = False,
                  arch: str | None = None, precision: str = "fp32", fold_bn: bool = False,
-                 image_size: int | None = None, max_batch_size: int = DEFAULT_MAX_BATCH,
-                 model_name: str = "resnext", queue_delay_us: int = DEFAULT_QUEUE_DELAY_US) -> ExportResult:
+                 image_size: int | None = None, max_batch_size: int = REPOSITORY_MAX_BATCH,
+                 model_name: str = "resnext", queue_delay_us: int = REPOSITORY_QUEUE_DELAY_US) -> ExportResult:
     """Export the model in `weights` (any layout resnext.load_model reads) and verify it before writing.
 
     format: onnx | torchscript | exported-program | safetensors | triton.
@@ -96,7 +94,7 @@ def export_model(weights, format: str, output: str | Path | None = None, *, use_
     image_size: the exported input's height and width (default: the weights' training size, else 224).
     max_batch_size, queue_delay_us, model_name: the Triton configuration (dynamic batching).
     """
-    from .predict import Preprocessing, class_names_for
+    from .prediction import Preprocessing, class_names_for
     from .weights import load_model
 
     format = _check_format(format)
@@ -154,7 +152,7 @@ def export_model(weights, format: str, output: str | Path | None = None, *, use_
 
 
 def triton_config(model_name: str, image_size: int, num_classes: int, precision: str = "fp32",
-                  max_batch_size: int = DEFAULT_MAX_BATCH, queue_delay_us: int = DEFAULT_QUEUE_DELAY_US) -> str:
+                  max_batch_size: int = REPOSITORY_MAX_BATCH, queue_delay_us: int = REPOSITORY_QUEUE_DELAY_US) -> str:
     """config.pbtxt of a Triton model served by the onnxruntime backend, with dynamic batching."""
     data_type = "TYPE_FP16" if precision == "fp16" else "TYPE_FP32"
     return f"""# Written by `resnext export --format triton`. For TensorRT, see docs/deployment.md.
@@ -305,11 +303,11 @@ def _compare(outputs: list[Tensor], expected: list[Tensor], precision: str, form
 
 
 def _check_format(format: str) -> str:
-    if format in FORMATS:
+    if format in EXPORT_FORMATS:
         return format
-    close = difflib.get_close_matches(str(format), FORMATS, n=1)
+    close = difflib.get_close_matches(str(format), EXPORT_FORMATS, n=1)
     hint = f" Did you mean '{close[0]}'?" if close else ""
-    raise UserError(f"unknown export format '{format}'.{hint} Choose one of {', '.join(FORMATS)}.")
+    raise UserError(f"unknown export format '{format}'.{hint} Choose one of {', '.join(EXPORT_FORMATS)}.")
 
 
 def _default_output(weights, format: str) -> Path:

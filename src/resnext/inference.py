@@ -114,14 +114,14 @@ def prepare_model(model: nn.Module, device: str | torch.device, *, precision: st
 
 def latency_summary(seconds: list[float]) -> dict[str, float]:
     """Mean and nearest-rank 90th / 95th / 99th / 100th percentiles of per-batch times, in milliseconds."""
-    from .engine import _percentile
+    from .evaluation import percentile
 
     if not seconds:
         return {}
     ordered = sorted(seconds)
     summary = {"mean": 1000.0 * sum(ordered) / len(ordered)}
     for q in (90, 95, 99, 100):
-        summary[f"p{q}"] = 1000.0 * _percentile(ordered, q)
+        summary[f"p{q}"] = 1000.0 * percentile(ordered, q)
     return summary
 
 
@@ -147,12 +147,13 @@ def evaluate_weights(data: str | Path, weights, *, use_ema: bool = False, arch: 
     data: a split folder of class sub-folders, or a dataset root (its val/ is used).
     Preprocessing is the weights' own (checkpoint or named source), NVIDIA's eval path: shorter side to
     round(image_size / crop_pct), center crop; image_size / crop_pct / interpolation override it.
-    The numbers come from resnext.engine.evaluate, the function training validates with, so a checkpoint
+    The numbers come from resnext.evaluation.evaluate, the function training validates with, so a checkpoint
     evaluated here with its training preprocessing gets the top-1 its training log reports.
     """
     from .data import IMAGENET_MEAN, IMAGENET_STD, create_loader, resolve_device
-    from .engine import configure_backends, evaluate, resolve_memory_format, resolve_precision
-    from .predict import Preprocessing
+    from .device import configure_backends, resolve_memory_format, resolve_precision
+    from .evaluation import evaluate
+    from .prediction import Preprocessing
     from .report.figures import MAX_CONFUSION_CLASSES
     from .weights import load_model
 

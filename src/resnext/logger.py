@@ -1,6 +1,6 @@
 """Run logs: NVIDIA DLLogger-compatible JSON lines, a console progress display, and TensorBoard events.
 
-Only rank 0 logs (the engine passes `enabled=False` elsewhere). docs/ARCHITECTURE.md describes the JSON-lines
+Only rank 0 logs (training passes `enabled=False` elsewhere). docs/ARCHITECTURE.md describes the JSON-lines
 format; `resnext report` reads it back. A log write that fails (disk full) is reported once and the run goes on:
 losing a log line must never cost a training run.
 """

@@ -182,10 +182,3 @@ PRESETS: dict[str, dict] = {
     "nvidia-250ep-fp32": dict(_NVIDIA_COMMON, epochs=250, mixup=0.2, precision="fp32", batch_size=64,
                               memory_format="nchw"),
 }
-
-
-def preset(name: str) -> dict:
-    """The settings of a named preset; explicit command-line flags override them."""
-    if name not in PRESETS:
-        raise UserError(f"unknown preset '{name}'; available: {', '.join(PRESETS)}.")
-    return dict(PRESETS[name])

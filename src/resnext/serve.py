@@ -33,12 +33,10 @@ import numpy as np
 import torch
 
 from .data import UnreadableImageError
+from .deployment import SERVE_MAX_BATCH, SERVE_PORTS, SERVE_QUEUE_DELAY_US
 from .errors import UserError
-from .predict import Predictor
+from .prediction import Predictor
 
-DEFAULT_PORTS = {"http": 8000, "grpc": 8001, "metrics": 8002}  # Triton's own defaults
-DEFAULT_MAX_BATCH = 64
-DEFAULT_QUEUE_DELAY_US = 1000
 # Seconds Triton waits for in-flight requests and the Python stubs at shutdown; unloading takes about 3 s.
 EXIT_TIMEOUT_S = 15
 INSTALL_HINT = 'pip install "resnext[serve]"'
@@ -72,9 +70,9 @@ class Server:
     """
 
     def __init__(self, predictor: Predictor, *, model_name: str = "resnext", host: str = "127.0.0.1",
-                 http_port: int = DEFAULT_PORTS["http"], grpc_port: int = DEFAULT_PORTS["grpc"],
-                 metrics_port: int = DEFAULT_PORTS["metrics"], max_batch_size: int = DEFAULT_MAX_BATCH,
-                 queue_delay_us: int = DEFAULT_QUEUE_DELAY_US, topk: int = 5,
+                 http_port: int = SERVE_PORTS["http"], grpc_port: int = SERVE_PORTS["grpc"],
+                 metrics_port: int = SERVE_PORTS["metrics"], max_batch_size: int = SERVE_MAX_BATCH,
+                 queue_delay_us: int = SERVE_QUEUE_DELAY_US, topk: int = 5,
                  log_file: str | os.PathLike | None = None) -> None:
         from .export import TRITON_NAME
 

@@ -16,7 +16,7 @@ import json
 import os
 from pathlib import Path
 
-from ..checkpoint import atomic_write
+from ..paths import atomic_write
 from ..recipe import DATA_BACKENDS, PRECISIONS
 from .options import add_preprocessing_arguments, add_weights_arguments, non_negative_int, positive_int
 

@@ -15,14 +15,13 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
+from ..deployment import EXPORT_FORMATS, REPOSITORY_MAX_BATCH, REPOSITORY_QUEUE_DELAY_US
 from .options import add_weights_arguments, non_negative_int, positive_int
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    from ..export import DEFAULT_MAX_BATCH, DEFAULT_QUEUE_DELAY_US, FORMATS
-
     add_weights_arguments(parser)
-    parser.add_argument("--format", "-f", required=True, help=f"one of {', '.join(FORMATS)}")
+    parser.add_argument("--format", "-f", required=True, help=f"one of {', '.join(EXPORT_FORMATS)}")
     parser.add_argument("--output", "-o", type=Path, default=None,
                         help="file to write (default: the weights' name with the format's extension, here); "
                              "for triton the model repository folder")
@@ -33,9 +32,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="input height and width (default: the weights' training size, else 224)")
     triton = parser.add_argument_group("triton")
     triton.add_argument("--model-name", default="resnext", help="the model's name in the repository")
-    triton.add_argument("--max-batch-size", type=positive_int, default=DEFAULT_MAX_BATCH,
+    triton.add_argument("--max-batch-size", type=positive_int, default=REPOSITORY_MAX_BATCH,
                         help="largest batch Triton's dynamic batcher forms")
-    triton.add_argument("--queue-delay-us", type=non_negative_int, default=DEFAULT_QUEUE_DELAY_US,
+    triton.add_argument("--queue-delay-us", type=non_negative_int, default=REPOSITORY_QUEUE_DELAY_US,
                         help="how long Triton waits to fill a batch, in microseconds")
 
 

@@ -8,14 +8,12 @@ from __future__ import annotations
 import argparse
 import json
 
-from ..models import list_models
-from ..summary import format_summary, model_summary
 from .options import positive_int
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--arch", "-a", default="resnext101_32x4d",
-                        help=f"architecture ({', '.join(list_models())}; NVIDIA spellings accepted)")
+                        help="architecture (--list shows them; NVIDIA spellings accepted)")
     parser.add_argument("--image-size", type=positive_int, default=224, help="square input size in pixels")
     parser.add_argument("--num-classes", "--num_classes", type=positive_int, default=1000, help="classifier outputs")
     parser.add_argument("--json", action="store_true", help="print one JSON object instead of the table")
@@ -23,6 +21,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    from ..summary import format_summary, model_summary
+
     if args.list:
         from ..models import ARCHS
 

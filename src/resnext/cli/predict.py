@@ -37,7 +37,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from ..predict import Predictor, find_images
+    from ..prediction import Predictor, find_images
 
     paths = find_images(args.paths)
     predictor = Predictor.from_weights(args.weights, use_ema=args.ema, arch=args.arch, device=args.device,

@@ -15,24 +15,23 @@ import argparse
 import logging
 from pathlib import Path
 
+from ..deployment import SERVE_MAX_BATCH, SERVE_PORTS, SERVE_QUEUE_DELAY_US
 from ..recipe import PRECISIONS
 from .options import add_preprocessing_arguments, add_weights_arguments, non_negative_int, positive_int
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    from ..serve import DEFAULT_MAX_BATCH, DEFAULT_PORTS, DEFAULT_QUEUE_DELAY_US
-
     add_weights_arguments(parser)
     add_preprocessing_arguments(parser)
     net = parser.add_argument_group("server")
     net.add_argument("--host", default="127.0.0.1",
                      help="address to listen on (0.0.0.0: every interface; default: this machine only)")
-    for name, port in DEFAULT_PORTS.items():
+    for name, port in SERVE_PORTS.items():
         net.add_argument(f"--{name}-port", type=non_negative_int, default=port, help=f"default {port}; 0: a free port")
     net.add_argument("--model-name", default="resnext", help="name clients address (MODEL and MODEL_image)")
-    net.add_argument("--max-batch-size", type=positive_int, default=DEFAULT_MAX_BATCH,
+    net.add_argument("--max-batch-size", type=positive_int, default=SERVE_MAX_BATCH,
                      help="largest batch Triton's dynamic batcher forms from concurrent requests")
-    net.add_argument("--queue-delay-us", type=non_negative_int, default=DEFAULT_QUEUE_DELAY_US,
+    net.add_argument("--queue-delay-us", type=non_negative_int, default=SERVE_QUEUE_DELAY_US,
                      help="how long a request may wait for others to batch with, in microseconds")
     net.add_argument("--topk", type=positive_int, default=5, help="class names MODEL_image returns")
     net.add_argument("--log-file", type=Path, default=None,

@@ -151,7 +151,7 @@ def config_from_args(args: argparse.Namespace) -> TrainConfig:
 
 
 def run(args: argparse.Namespace) -> int:
-    from ..engine import train
+    from ..training import train
 
     train(config_from_args(args))
     return 0

@@ -1,6 +1,7 @@
-"""What the folder backends share: the epoch plan, torch's DataLoader workers, skip reports, device prefetch.
+"""What every backend promises (the `Loader` protocol), and what the folder backends share: the epoch plan, torch's
+DataLoader workers, skip reports, device prefetch.
 
-A backend subclasses FolderLoader with three pieces: `_make_dataset()` (what a worker does with one sample),
+A folder backend subclasses FolderLoader with three pieces: `_make_dataset()` (what a worker does with one sample),
 `collate(samples)` (a plain function: how a worker packs a batch) and `_to_device(batch)` (what the main
 process does to turn the packed batch into normalized device tensors). Nothing else differs between `pytorch`
 and `gpu`.
@@ -8,7 +9,7 @@ and `gpu`.
 from __future__ import annotations
 
 import logging
-from typing import Callable, Iterable, Iterator
+from typing import Callable, Iterable, Iterator, Protocol, runtime_checkable
 
 import torch
 from torch import Tensor
@@ -21,6 +22,31 @@ from .sampling import ShardBatchSampler
 log = logging.getLogger("resnext.data")
 
 Batch = tuple[Tensor, Tensor]
+
+
+@runtime_checkable
+class Loader(Protocol):
+    """The data contract of docs/ARCHITECTURE.md, which every backend of `resnext.data.create_loader` satisfies.
+
+    Iterating yields (images, labels): images float32 (N, 3, H, W) on the loader's device, normalized with ImageNet's
+    mean/std, in the requested memory format; labels int64 (N,) on the same device.
+    """
+
+    backend: str  # the backend's name: pytorch, gpu, dali-cpu, dali-gpu or synthetic
+    class_names: list[str]  # label i is class_names[i]
+    dataset_size: int  # images in this split, all ranks together
+    skipped: list[tuple[str, str]]  # (path, reason) of files that could not be read so far
+
+    def __len__(self) -> int:
+        """Batches this process yields in a whole epoch (also after set_epoch(e, k))."""
+        ...
+
+    def set_epoch(self, epoch: int, start_batch: int = 0) -> None:
+        """Reshuffle for `epoch` and skip its first `start_batch` batches without reading them."""
+        ...
+
+    def __iter__(self) -> Iterator[Batch]:
+        ...
 
 
 class SkipRecorder:

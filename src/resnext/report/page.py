@@ -15,7 +15,7 @@ import math
 import struct
 from pathlib import Path
 
-from ..checkpoint import atomic_write
+from ..paths import atomic_write
 from ..errors import UserError
 from .evaluation import EVALUATION_NAME, Evaluation, check_evaluation, read_evaluation
 from .figures import (EVALUATION_FIGURE_NAMES, MAX_CONFUSION_CLASSES, TRAINING_FIGURE_NAMES, Plot,
@@ -43,7 +43,7 @@ def run_summary(run: RunLog) -> dict:
                    default=None)
     best_epoch = final.get("best.epoch")
     if isinstance(best_epoch, int) and not isinstance(best_epoch, bool) and best_epoch < 0:
-        final = {}  # the engine logs best.epoch -1 (and best.top1 0) when no epoch was validated
+        final = {}  # training logs best.epoch -1 (and best.top1 0) when no epoch was validated
     if isinstance(best_epoch, bool) or not isinstance(best_epoch, int) or best_epoch < 0:
         best_epoch = best
     summary = {

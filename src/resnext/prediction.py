@@ -130,7 +130,7 @@ class Predictor:
     def __init__(self, model: nn.Module, class_names: Sequence[str], preprocessing: Preprocessing, *,
                  device: str | torch.device = "cpu", precision: str | None = None,
                  memory_format: str | None = None) -> None:
-        from .engine import resolve_memory_format, resolve_precision
+        from .device import resolve_memory_format, resolve_precision
 
         self.device = torch.device(device)
         self.precision = resolve_precision(precision, self.device)
