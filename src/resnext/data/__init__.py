@@ -12,6 +12,7 @@ docs/ARCHITECTURE.md ("Data contract") is the interface; docs/data.md explains t
 from __future__ import annotations
 
 import difflib
+import logging
 import os
 
 import torch
@@ -112,8 +113,12 @@ def create_loader(backend: str, root: str | os.PathLike | None = None, *, train:
         loader = GpuLoader(folder, preprocess=preprocess, max_pixels=max_image_pixels(), batched=gpu_batched,
                            **common)
     else:
+        from . import decode
         from .pytorch import PytorchLoader
 
+        if train and jpeg_decode == "scaled" and decode.simplejpeg is None:
+            logging.getLogger("resnext.data").warning(
+                "simplejpeg is not installed: training JPEGs are decoded at full size (pip install simplejpeg).")
         loader = PytorchLoader(folder, preprocess=preprocess, max_pixels=max_image_pixels(),
                                scaled_decode=jpeg_decode == "scaled", **common)
     if train and len(loader) == 0:

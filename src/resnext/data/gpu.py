@@ -5,10 +5,10 @@ the workers read the files and check each JPEG's header; the main process decode
 then crops, resizes and flips the whole batch in a few launches (`batched_resized_crop`: two batched matrix
 products with the resize filter's weights; the same draws as the `pytorch` backend), runs AutoAugment per
 sample when asked, and normalizes. `batched=False` keeps the per-sample path (about ten launches per image),
-the reference the batched one is tested against. Files nvJPEG should not get (PNG and other formats, CMYK, lossless or arithmetic JPEGs,
-truncated files, decompression bombs) are decoded by the workers on the CPU; a JPEG that nvJPEG still
-refuses is decoded on the CPU in the main process, and a file nobody can read is skipped like in the
-`pytorch` backend. With device='cpu' the same code decodes with libjpeg-turbo (what the tests run).
+the reference the batched one is tested against. Files nvJPEG should not get (PNG and other formats, CMYK,
+lossless or arithmetic JPEGs, truncated files, decompression bombs) are decoded by the workers on the CPU; a
+JPEG that nvJPEG still refuses is decoded on the CPU in the main process, and a file nobody can read is
+skipped like in the `pytorch` backend. With device='cpu' the same code decodes with libjpeg-turbo (what the tests run).
 """
 from __future__ import annotations
 
@@ -114,7 +114,7 @@ def batched_resized_crop(images: Sequence[Tensor], plans: Sequence[Resample], si
     windows, then two batched matrix products out = Wy @ window @ Wx^T with resize_weights (the flip reverses
     the rows of Wx), rounded to uint8 as torchvision rounds a float resize. The per-sample reference
     (torchvision's resized_crop, resize + center_crop, horizontal_flip) agrees within one level: the CPU's uint8
-    kernel uses fixed-point weights, and sums run in another order (tests/test_data_gpu_batched.py).
+    kernel uses fixed-point weights, and sums run in another order (tests/test_data_fast_paths.py).
     """
     if not images:
         raise ValueError("batched_resized_crop needs at least one image")

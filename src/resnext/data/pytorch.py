@@ -2,8 +2,9 @@
 
 Worker processes read each file, decode it (libjpeg-turbo through torchvision for JPEGs, Pillow for the
 rest; training JPEGs by default through simplejpeg, only at the scale the crop needs), apply the per-sample
-crop/flip/AutoAugment and pack uint8 NHWC batches in shared memory. The main process copies them from pinned memory on a side CUDA stream one batch ahead and converts to normalized
-float on the device, where it costs almost nothing.
+crop/flip/AutoAugment and pack uint8 NHWC batches in shared memory. The main process copies them from
+pinned memory on a side CUDA stream one batch ahead and converts to normalized float on the device, where it
+costs almost nothing.
 """
 from __future__ import annotations
 

@@ -34,7 +34,8 @@ IMAGENET_STD = (0.229, 0.224, 0.225)
 CROP_SCALE = (0.08, 1.0)
 CROP_RATIO = (3 / 4, 4 / 3)
 INTERPOLATIONS = {"bilinear": InterpolationMode.BILINEAR, "bicubic": InterpolationMode.BICUBIC}
-PIL_FILTERS = {InterpolationMode.BILINEAR: Image.Resampling.BILINEAR, InterpolationMode.BICUBIC: Image.Resampling.BICUBIC}
+PIL_FILTERS = {InterpolationMode.BILINEAR: Image.Resampling.BILINEAR,
+               InterpolationMode.BICUBIC: Image.Resampling.BICUBIC}
 AUGMENTATIONS = (None, "autoaugment")
 
 
@@ -94,7 +95,8 @@ class TrainAugment:
         self.interpolation = interpolation_mode(interpolation)
         self.autoaugment = AutoAugment(AutoAugmentPolicy.IMAGENET) if augmentation == "autoaugment" else None
 
-    def draw(self, height: int, width: int, sample_seed: int) -> tuple[tuple[int, int, int, int], bool, random.Random]:
+    def draw(self, height: int, width: int,
+             sample_seed: int) -> tuple[tuple[int, int, int, int], bool, random.Random]:
         """(crop box (top, left, height, width), flip, the generator for the rest) of a height x width image."""
         rng = random.Random(sample_seed)
         box = random_resized_crop_box(height, width, rng)
