@@ -105,6 +105,21 @@ def summary_table(results: dict, peer: dict) -> str:
                      f"{f'{100 * mfu:.1f}%' if mfu is not None else ''} | "
                      f"{f'{measured[error_key]:.1e}' if error_key in measured else ''} | "
                      f"{_number(compare.get('ratio'), 2) if compare else ''} |")
+    data = _result(results, "data")
+    if data.get("backends"):
+        loaders = data["backends"]
+        lines += ["", f"| data loader (b{data['batch_size']}, {data['workers']} workers, in turns) | img/s | "
+                      "vs torchvision pipeline | fast path vs the path it replaces |", "|---|---|---|---|"]
+        replaced = {"pytorch": "pytorch-full", "gpu": "gpu-per-sample"}
+        for name, figures in loaders.items():
+            plain = loaders.get(replaced.get(name, ""))
+            versus = (f"{figures['images_per_second'] / plain['images_per_second']:.2f}x vs {replaced[name]}"
+                      if plain else "")
+            lines.append(f"| {name} | {_number(figures['images_per_second'], 0)} | "
+                         f"{_number(figures.get('ratio'), 2)}x | {versus} |")
+        if data.get("compare"):
+            lines.append(f"| torchvision (ImageFolder, PIL) | {_number(data['compare']['images_per_second'], 0)} | "
+                         "1.00x | |")
     peer_rows = [(name, values) for section in ("train", "infer") for name, values in peer.get(section, {}).items()]
     if peer_rows:
         lines += ["", "| peers' script | img/s | ms | peak GB |", "|---|---|---|---|"]

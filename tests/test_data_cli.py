@@ -72,7 +72,8 @@ def test_compare_backends_measures_pixel_differences(embedded_data, capsys):
     result = compare_backends(embedded_data, ("pytorch", "gpu", "dali-cpu"), image_size=32, batch_size=250,
                               workers=0, device="cpu")
     assert result["reference"] == "pytorch"
-    assert result["backends"]["gpu"] == {"mean_abs_diff": 0.0, "max_abs_diff": 0.0, "images": 1000}
+    gpu = result["backends"]["gpu"]  # batched crop/resize: float weights against the CPU's fixed-point uint8 kernel
+    assert gpu["images"] == 1000 and gpu["mean_abs_diff"] < 0.2 and gpu["max_abs_diff"] <= 1 + 1e-3
     dali = result["backends"]["dali-cpu"]
     # Same crop geometry as torchvision (one-pixel shifts would give ~20 here); only the resize filters differ.
     assert dali["images"] == 1000 and 0 < dali["mean_abs_diff"] < 0.5 and dali["max_abs_diff"] <= 2
@@ -80,7 +81,7 @@ def test_compare_backends_measures_pixel_differences(embedded_data, capsys):
         compare_backends(embedded_data, ("pytorch", "dali-cpu"), train=True)
     assert main(["data", "compare", str(embedded_data / "val"), "--backends", "pytorch,gpu", "--train",
                  "--image-size", "24", "-j", "0", "--device", "cpu"]) == 0
-    assert "gpu vs pytorch (train, 960 images): mean |difference| 0.000" in capsys.readouterr().out
+    assert "gpu vs pytorch (train, 960 images): mean |difference| 0." in capsys.readouterr().out
 
 
 def test_measure_loader_reports_throughput(embedded_data):

@@ -81,10 +81,12 @@ def test_resume_mid_epoch_yields_identical_batches(embedded_data, backend):
 
 
 def test_pytorch_and_gpu_backends_give_the_same_pixels(embedded_data):
-    """The two backends share the crop/resize code: on the CPU their batches are identical, train and eval."""
+    """The two backends share the crop/resize code: on the CPU their batches are identical, train and eval, with
+    the gpu backend's per-sample path (the batched one is compared with it in test_data_fast_paths.py)."""
     for train in (True, False):
         pytorch, gpu = (create_loader(b, embedded_data, train=train, batch_size=100, image_size=40, workers=0,
-                                      device="cpu") for b in ("pytorch", "gpu"))
+                                      device="cpu", **({"gpu_batched": False} if b == "gpu" else {}))
+                        for b in ("pytorch", "gpu"))
         for (a, la), (b, lb) in zip([next(iter(pytorch))], [next(iter(gpu))]):
             assert torch.equal(la, lb) and torch.equal(a, b)
 

@@ -33,6 +33,7 @@ BEHAVIOUR_TESTS = {
     "--crop-pct": "test_train_options.py::test_preprocessing_options_are_recorded",
     "--interpolation": "test_train_options.py::test_preprocessing_options_are_recorded",
     "--augmentation": "test_train_options.py::test_other_backends_train",
+    "--jpeg-decode": "test_data_fast_paths.py::test_train_jpeg_decode_flag_reaches_the_training_loader",
     "--synthetic-batches": "test_train_options.py::test_other_backends_train",
     "--arch": "test_train.py::test_resume_refuses_another_architecture",
     "--num_classes": "test_train_options.py::test_other_backends_train",

@@ -2,7 +2,7 @@
 
     benchmark_training(arch, ...)   img/s of `resnext.training.train` itself (median of its logged windows)
     benchmark_inference(arch, ...)  img/s and latency of the forward pass (eager, torch.compile, CUDA graph)
-    benchmark_data(root, backends)  img/s each data backend delivers on its own (resnext.data.bench)
+    benchmark_data(root, backends)  img/s each data backend delivers, timed in turns (with the torchvision pipeline)
     matmul_peak(device, precision)  the matrix-multiply rate measured here: the denominator of MFU
 
 Every figure is the median of timed windows after a warm-up, with the device synchronized at each window's end.
@@ -518,30 +518,60 @@ def _time_peer_inference(library: str, arch: str, images: torch.Tensor, calibrat
 
 # ---- data -----------------------------------------------------------------------------------------------
 
+# Loader variants `--data-only` can also time: the plain paths the fast ones replace.
+DATA_VARIANTS = {"pytorch-full": ("pytorch", {"jpeg_decode": "full"}),
+                 "gpu-per-sample": ("gpu", {"gpu_batched": False})}
+DATA_PEERS = ("torchvision",)
+
+
 def benchmark_data(root: str, backends: tuple[str, ...] = ("pytorch",), *, batch_size: int = 256,
                    image_size: int = 224, workers: int = 5, train: bool = True, device: str | None = None,
-                   warmup: int = 10, steps: int = 50, window: int = 10) -> dict:
-    """Images per second each backend delivers from `root` on its own (resnext.data.bench.measure_loader).
+                   warmup: int = 10, steps: int = 50, window: int = 10, compare: str | None = None) -> dict:
+    """Images per second each backend delivers from `root` (resnext.data.bench.measure_alternately).
 
-    Training batches (random crops, flips) by default; `train=False` times the eval preprocessing.
+    Training batches (random crops, flips) by default; `train=False` times the eval preprocessing. backends:
+    create_loader's backends, or a variant of DATA_VARIANTS (pytorch-full: JPEGs decoded at full size;
+    gpu-per-sample: the gpu backend's per-sample crop/resize). All loaders, and with compare="torchvision" the
+    plain torchvision pipeline (data.bench.TorchvisionLoader, same files, workers, batch size and device
+    step), are timed in turns, a window of each per round, so they share the machine's conditions; each
+    backend's `ratio` is its img/s over the peer's.
     """
     from .data import create_loader, resolve_device
-    from .data.bench import measure_loader
+    from .data.bench import TorchvisionLoader, measure_alternately
 
     _check_counts(batch_size=batch_size, image_size=image_size, steps=steps, window=window)
     if not backends:
         raise UserError("give at least one data backend.")
+    if compare is not None and compare not in DATA_PEERS:
+        raise UserError(f"--compare for the data loaders must be {' or '.join(DATA_PEERS)}, got '{compare}'.")
+    if compare is not None and not train:
+        raise UserError("--compare torchvision times the training pipeline; it needs training batches.")
     torch_device = resolve_device(device)
     memory_format = torch.channels_last if torch_device.type == "cuda" else torch.contiguous_format
-    results = {}
-    for backend in backends:
-        loader = create_loader(backend, root, train=train, batch_size=batch_size, image_size=image_size,
-                               workers=workers, device=torch_device, memory_format=memory_format)
-        results[backend] = measure_loader(loader, warmup_batches=warmup, timed_batches=steps, window=window)
-        del loader
+    loaders = {}
+    for name in backends:
+        backend, options = DATA_VARIANTS.get(name, (name, {}))
+        loaders[name] = create_loader(backend, root, train=train, batch_size=batch_size, image_size=image_size,
+                                      workers=workers, device=torch_device, memory_format=memory_format, **options)
+    if compare is not None:
+        loaders[compare] = TorchvisionLoader(root, batch_size=batch_size, image_size=image_size, workers=workers,
+                                             device=torch_device, memory_format=memory_format)
+    measured = measure_alternately(loaders, warmup_batches=warmup, timed_batches=steps, window=window,
+                                   drain_batches=2 * workers)  # 2: the loaders' prefetch per worker
+    results = {name: measured[name] for name in backends}
+    if compare is not None:
+        peer = measured[compare]
+        for figures in results.values():
+            figures["ratio"] = figures["images_per_second"] / peer["images_per_second"]
+            figures["window_ratios"] = [ours / theirs for ours, theirs in zip(figures["window_images_per_second"],
+                                                                            peer["window_images_per_second"])]
+    del loaders
     best = max(results, key=lambda name: results[name]["images_per_second"])
-    return {"mode": "data", "data": str(root), "batch_size": batch_size, "image_size": image_size,
-            "workers": workers, "train": train, "backends": results, "best": best, **device_facts(torch_device)}
+    result = {"mode": "data", "data": str(root), "batch_size": batch_size, "image_size": image_size,
+              "workers": workers, "train": train, "backends": results, "best": best, **device_facts(torch_device)}
+    if compare is not None:
+        result["compare"] = {"library": compare, **measured[compare]}
+    return result
 
 
 # ---- text output ----------------------------------------------------------------------------------------
@@ -556,11 +586,17 @@ def format_result(result: dict) -> str:
         lines = [f"data loaders on {result['device_name']} ({result['device']}), batch {result['batch_size']}, "
                  f"{result['image_size']} px, {result['workers']} workers, "
                  f"{'training' if result['train'] else 'eval'} preprocessing, {result['data']}"]
-        for name, measured in result["backends"].items():
-            lines.append(f"  {name:<10} {measured['images_per_second']:>10,.0f} img/s   "
+        peer = result.get("compare")
+        for name, measured in [*result["backends"].items(), *([(peer["library"], peer)] if peer else [])]:
+            ratio = measured.get("ratio")
+            lines.append(f"  {name:<14} {measured['images_per_second']:>10,.0f} img/s   "
                          f"batch {measured['batch_time_ms']['median']:.1f} ms (median), "
-                         f"{measured['batch_time_ms']['max']:.1f} ms (max)")
-        lines.append(f"  fastest: {result['best']}")
+                         f"{measured['batch_time_ms']['max']:.1f} ms (max)"
+                         + (f"   {name} / {peer['library']} = {ratio:.2f}x (windows "
+                            f"{min(measured['window_ratios']):.2f}-{max(measured['window_ratios']):.2f})"
+                            if ratio is not None else ""))
+        lines.append(f"  fastest: {result['best']}" + ("   (timed in turns, a window of each per round)"
+                                                        if len(result["backends"]) > 1 or peer else ""))
         return "\n".join(lines)
     options = (("compile", result["compile"]), ("cuda-graphs", result["cuda_graphs"]),
                ("fold-bn", result.get("fold_bn")))

@@ -16,6 +16,7 @@ PRECISIONS = ("amp", "amp-bf16", "tf32", "fp32")
 LR_SCHEDULES = ("cosine", "step", "linear")
 OPTIMIZERS = ("sgd", "rmsprop")
 DATA_BACKENDS = ("pytorch", "gpu", "dali-cpu", "dali-gpu", "synthetic")
+JPEG_DECODES = ("scaled", "full")  # the pytorch backend's training decode (resnext.data.create_loader)
 MEMORY_FORMATS = ("nchw", "nhwc")
 INTERPOLATIONS = ("bilinear", "bicubic")
 REFERENCE_BATCH = 256  # NVIDIA: LR 0.256 per 256 images of global batch
@@ -33,6 +34,7 @@ class TrainConfig:
     crop_pct: float = 0.875
     interpolation: str = "bilinear"
     augmentation: str | None = None
+    jpeg_decode: str = "scaled"
     synthetic_batches: int = 100
     # model
     arch: str = "resnext101_32x4d"
@@ -121,7 +123,7 @@ class TrainConfig:
                 raise UserError(message)
 
         choices = {"data_backend": DATA_BACKENDS, "interpolation": INTERPOLATIONS, "lr_schedule": LR_SCHEDULES,
-                   "optimizer": OPTIMIZERS}
+                   "optimizer": OPTIMIZERS, "jpeg_decode": JPEG_DECODES}
         for name, allowed in choices.items():
             require(getattr(self, name) in allowed,
                     f"--{name.replace('_', '-')} must be one of {', '.join(allowed)}, got '{getattr(self, name)}'.")

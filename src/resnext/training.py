@@ -258,7 +258,8 @@ def build_loaders(config: TrainConfig, env: DistEnv,
         raise UserError(f"--num-classes {config.num_classes} does not match the {len(class_names)} class folders "
                         f"in {config.data}; drop --num-classes or fix the dataset.")
     train_loader = None if config.evaluate else create_loader(root=train_dir, train=True,
-                                                                augmentation=config.augmentation, **common)
+                                                                augmentation=config.augmentation,
+                                                                jpeg_decode=config.jpeg_decode, **common)
     val_loader = None if config.training_only else create_loader(root=val_dir, train=False, **common)
     return train_loader, val_loader, class_names
 

@@ -8,6 +8,7 @@ in the same process. --mode train times resnext's own training loop (resnext tra
   resnext benchmark --mode infer -b 256 --compile --compare timm
   resnext benchmark --mode infer -b 1 --cuda-graphs --fold-bn --steps 500 --window 50    # batch-1 latency
   resnext benchmark --data-only /data/imagenet --data-backend pytorch,gpu      # loaders alone
+  resnext benchmark --data-only /data/imagenet -j 2 -b 32 --compare torchvision  # ours / torchvision's pipeline
   resnext benchmark --mode train --device cpu -a resnext_tiny -b 4 --image-size 64 --steps 4 --window 2
 
 docs/performance.md explains every field of the output.
@@ -43,14 +44,16 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help="train: a dataset folder (train/ and val/) to train on end to end instead of synthetic data")
     add("--data-backend", type=name_list, default=None,
         help="train: the backend (default synthetic, or pytorch with --data); data mode: comma-separated "
-             "backends to time (default pytorch)")
+             "backends to time (default pytorch), also pytorch-full (JPEGs decoded at full size) and gpu-per-sample "
+             "(the gpu backend's per-sample crop/resize)")
     add("-j", "--workers", type=non_negative_int, default=5, help="data loading processes")
     add("--warmup", type=non_negative_int, default=20, help="untimed steps first (compilation, autotuning)")
     add("--steps", type=positive_int, default=50, help="timed steps (batches in data mode)")
     add("--window", type=positive_int, default=10, help="steps per timed window; img/s is the windows' median")
     add("--device", default=None, help="cpu, cuda or cuda:N (default: cuda if available)")
     add("--compare", choices=("timm", "torchvision"), default=None,
-        help="also time that library's build of the same architecture, same settings, same process")
+        help="also time that library's build of the same architecture, same settings, same process; data mode: "
+             "torchvision times the plain torchvision training pipeline in turns with ours")
     add("--json", action="store_true", help="print one JSON object")
 
 
@@ -73,9 +76,10 @@ def run(args: argparse.Namespace) -> int:
         folder = args.data_only or args.data
         if folder is None:
             raise UserError("--mode data needs a folder: --data-only DIR.")
-        if args.compare or args.compile:
-            raise UserError("--compare and --compile apply to --mode train and infer, not to the data loaders.")
-        result = bench.benchmark_data(folder, args.data_backend or ("pytorch",), workers=args.workers, **common)
+        if args.compile:
+            raise UserError("--compile applies to --mode train and infer, not to the data loaders.")
+        result = bench.benchmark_data(folder, args.data_backend or ("pytorch",), workers=args.workers,
+                                      compare=args.compare, **common)
     else:
         model = dict(arch=args.arch, num_classes=args.num_classes, precision=args.precision,
                      memory_format=args.memory_format, compile=args.compile, compare=args.compare)

@@ -11,7 +11,8 @@ from __future__ import annotations
 
 import argparse
 
-from ..recipe import DATA_BACKENDS, INTERPOLATIONS, LR_SCHEDULES, OPTIMIZERS, PRECISIONS, PRESETS, TrainConfig
+from ..recipe import (DATA_BACKENDS, INTERPOLATIONS, JPEG_DECODES, LR_SCHEDULES, OPTIMIZERS, PRECISIONS, PRESETS,
+                      TrainConfig)
 from .options import finite_float, non_negative_float, non_negative_int, positive_int, unit_interval
 
 
@@ -50,6 +51,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                       help="validation center-crop fraction (0.875: resize to 256, crop 224)")
     data.add_argument("--interpolation", default="bilinear", choices=INTERPOLATIONS)
     data.add_argument("--augmentation", choices=["autoaugment"], default=None)
+    data.add_argument("--jpeg-decode", choices=JPEG_DECODES, default="scaled",
+                      help="pytorch backend, training: scaled decodes JPEGs with the crop box drawn first, at 1/2, "
+                           "1/4 or 1/8 scale when the crop allows (docs/data.md); full decodes every image whole")
     data.add_argument("--synthetic-batches", type=positive_int, default=100,
                       help="batches per epoch of the synthetic backend")
     model = parser.add_argument_group("model")

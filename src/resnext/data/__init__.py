@@ -12,6 +12,7 @@ docs/ARCHITECTURE.md ("Data contract") is the interface; docs/data.md explains t
 from __future__ import annotations
 
 import difflib
+import logging
 import os
 
 import torch
@@ -19,6 +20,7 @@ import torch
 from ..device import resolve_device
 from ..errors import UserError
 from ..recipe import DATA_BACKENDS as BACKENDS
+from ..recipe import JPEG_DECODES
 from .decode import UnreadableImageError, load_image, max_image_pixels
 from .folder import IMAGE_EXTENSIONS, ImageFolder, find_dataset, resolve_split
 from .transforms import IMAGENET_MEAN, IMAGENET_STD, EvalPreprocess, TrainAugment, eval_transform, normalize_batch
@@ -40,7 +42,8 @@ def create_loader(backend: str, root: str | os.PathLike | None = None, *, train:
                   device: str | torch.device | None = None,
                   memory_format: torch.memory_format = torch.contiguous_format, rank: int = 0, world_size: int = 1,
                   seed: int = 0, drop_last: bool | None = None, num_classes: int | None = None,
-                  augmentation: str | None = None, prefetch: int = 2, synthetic_batches_per_epoch: int = 100):
+                  augmentation: str | None = None, prefetch: int = 2, synthetic_batches_per_epoch: int = 100,
+                  jpeg_decode: str = "scaled", gpu_batched: bool = True):
     """A loader of (images, labels) device batches; see docs/ARCHITECTURE.md "Data contract".
 
     backend: pytorch | gpu | dali-cpu | dali-gpu | synthetic.
@@ -55,6 +58,12 @@ def create_loader(backend: str, root: str | os.PathLike | None = None, *, train:
         the number of class folders.
     augmentation: None or "autoaugment" (pytorch and gpu backends).
     synthetic_batches_per_epoch: len() of the synthetic loader.
+    jpeg_decode: how the pytorch backend's training loader decodes JPEGs: "scaled" (default) draws the crop box
+        from the header and decodes with simplejpeg at 1/2, 1/4 or 1/8 scale when the crop keeps image_size
+        pixels per side (pixels within the tolerance in docs/data.md); "full" decodes every image at full size.
+        Evaluation loaders always decode in full.
+    gpu_batched: the gpu backend crops, resizes and flips a whole batch in a few launches
+        (gpu.batched_resized_crop); False runs the per-sample reference path.
     """
     if backend not in BACKENDS:
         close = difflib.get_close_matches(str(backend), BACKENDS, n=1)
@@ -65,6 +74,8 @@ def create_loader(backend: str, root: str | os.PathLike | None = None, *, train:
         raise UserError(f"workers must be a whole number >= 0, got {workers!r}.")
     if not 0 <= rank < world_size:
         raise UserError(f"rank must be in [0, {world_size}), got {rank}.")
+    if jpeg_decode not in JPEG_DECODES:
+        raise UserError(f"jpeg_decode must be one of {', '.join(JPEG_DECODES)}, got {jpeg_decode!r}.")
     if memory_format not in MEMORY_FORMATS:
         raise UserError(f"memory_format must be torch.contiguous_format or torch.channels_last, got {memory_format}.")
     device = resolve_device(device)
@@ -99,11 +110,17 @@ def create_loader(backend: str, root: str | os.PathLike | None = None, *, train:
     elif backend == "gpu":
         from .gpu import GpuLoader
 
-        loader = GpuLoader(folder, preprocess=preprocess, max_pixels=max_image_pixels(), **common)
+        loader = GpuLoader(folder, preprocess=preprocess, max_pixels=max_image_pixels(), batched=gpu_batched,
+                           **common)
     else:
+        from . import decode
         from .pytorch import PytorchLoader
 
-        loader = PytorchLoader(folder, preprocess=preprocess, max_pixels=max_image_pixels(), **common)
+        if train and jpeg_decode == "scaled" and decode.simplejpeg is None:
+            logging.getLogger("resnext.data").warning(
+                "simplejpeg is not installed: training JPEGs are decoded at full size (pip install simplejpeg).")
+        loader = PytorchLoader(folder, preprocess=preprocess, max_pixels=max_image_pixels(),
+                               scaled_decode=jpeg_decode == "scaled", **common)
     if train and len(loader) == 0:
         raise UserError(f"'{folder.root}' has {len(folder)} images, fewer than one batch of {batch_size} per process "
                         f"({world_size} processes); lower the batch size.")

@@ -4,6 +4,9 @@ Two decoders give the same pixels: torchvision's libjpeg-turbo `decode_jpeg` (me
 for decode + resize on ~500x375 JPEGs) for ordinary JPEGs, and Pillow for everything else (PNG, BMP, TIFF,
 WebP, CMYK JPEGs) and for any JPEG that `decode_jpeg` refuses, so a file only counts as unreadable when
 Pillow cannot read it either.
+
+Training crops can also come from `decode_jpeg_scaled`: simplejpeg's libjpeg-turbo decode, in the DCT domain at
+1/2, 1/4 or 1/8 scale when the crop keeps enough pixels for the output (docs/data.md, "Scaled JPEG decoding").
 """
 from __future__ import annotations
 
@@ -18,6 +21,11 @@ from PIL import Image, UnidentifiedImageError
 from torchvision.io import ImageReadMode, decode_jpeg
 
 from ..errors import UserError
+
+try:  # libjpeg-turbo 3 with DCT-domain scaling; without it the scaled decode falls back to the full one
+    import simplejpeg
+except ImportError:  # pragma: no cover - a core dependency, absent only where the package runs from src/
+    simplejpeg = None
 
 # Pillow's own default (about 9,459 x 9,459 pixels). The limit stays on even when a caller sets
 # PIL.Image.MAX_IMAGE_PIXELS to None: raise it to a larger number to accept larger images.
@@ -184,3 +192,44 @@ def decode_file(path: str | os.PathLike, max_pixels: int | None = None) -> torch
     path = os.fspath(path)
     return decode_pixels(read_bytes(path), path, max_pixels)
 
+
+
+# libjpeg's IDCT can output 1/1, 1/2, 1/4 or 1/8 of the full size: each 8x8 block becomes 8, 4, 2 or 1 pixels.
+DCT_SCALE_DENOMINATORS = (8, 4, 2)
+
+
+def dct_scale_denominator(crop_height: int, crop_width: int, min_size: int) -> int:
+    """The largest d in 8, 4, 2 (else 1) for which a crop decoded at 1/d keeps min_size pixels on both sides.
+
+    Then the resize that follows still shrinks (or keeps) the crop, so the DCT scaling never makes it upsample.
+    """
+    for denominator in DCT_SCALE_DENOMINATORS:
+        if min(crop_height, crop_width) >= denominator * min_size:
+            return denominator
+    return 1
+
+
+def decode_jpeg_scaled(data: np.ndarray, header: JpegHeader, box: tuple[int, int, int, int],
+                       min_size: int) -> tuple[np.ndarray, tuple[float, float, float, float], int]:
+    """Decode a JPEG at the smallest DCT scale at which the crop `box` keeps `min_size` pixels per side.
+
+    data: the file's bytes (uint8 array); header: its `fast_jpeg_header`; box: (top, left, height, width) in
+    full-size pixels. Returns (RGB uint8 HWC array, the box in that array's pixel units, the scale denominator
+    d). libjpeg decodes a 1/d image as ceil(H/d) x ceil(W/d) pixels, pixel i covering full-size pixels
+    [d*i, d*(i+1)), so the box is the full-size one divided by d: fractional, which the resize must honour
+    (rounding it shifts the crop by up to half an output pixel, measured 3x the difference). At d = 1 the pixels
+    are exactly `decode_jpeg`'s (both are libjpeg-turbo's accurate integer IDCT with fancy upsampling).
+
+    Raises ValueError when simplejpeg is not installed or refuses the file (the caller falls back to
+    decode_pixels, whose Pillow fallback has the last word).
+    """
+    if simplejpeg is None:
+        raise ValueError("simplejpeg is not installed")
+    denominator = dct_scale_denominator(box[2], box[3], min_size)
+    size = (-(-header.height // denominator), -(-header.width // denominator))
+    scaled = denominator > 1
+    pixels = simplejpeg.decode_jpeg(data, colorspace="RGB", min_height=size[0] if scaled else 0,
+                                    min_width=size[1] if scaled else 0)
+    if pixels.shape[:2] != size:  # a header that disagrees with the frame: let the plain path decide
+        raise ValueError(f"decoded {pixels.shape[:2]} pixels, expected {size}")
+    return pixels, tuple(side / denominator for side in box), denominator

@@ -1,9 +1,10 @@
 """The `pytorch` backend (NVIDIA's CPU path): workers decode, crop, flip; uint8 crosses to the device.
 
 Worker processes read each file, decode it (libjpeg-turbo through torchvision for JPEGs, Pillow for the
-rest), apply the per-sample crop/flip/AutoAugment and pack uint8 NHWC batches in shared memory. The main
-process copies them from pinned memory on a side CUDA stream one batch ahead and converts to normalized
-float on the device, where it costs almost nothing.
+rest; training JPEGs by default through simplejpeg, only at the scale the crop needs), apply the per-sample
+crop/flip/AutoAugment and pack uint8 NHWC batches in shared memory. The main process copies them from
+pinned memory on a side CUDA stream one batch ahead and converts to normalized float on the device, where it
+costs almost nothing.
 """
 from __future__ import annotations
 
@@ -13,7 +14,7 @@ import torch
 from torch import Tensor
 
 from .base import Batch, FolderLoader, shared_empty
-from .decode import decode_file
+from .decode import decode_file, decode_pixels, fast_jpeg_header, read_bytes
 from .folder import read_sample
 from .transforms import normalize_batch
 
@@ -32,23 +33,40 @@ class PackedBatch(NamedTuple):
 
 
 class DecodedSamples(torch.utils.data.Dataset):
-    """What a worker does with one (dataset index, sample seed) key: read, decode, preprocess."""
+    """What a worker does with one (dataset index, sample seed) key: read, decode, preprocess.
 
-    def __init__(self, folder, preprocess, train: bool, max_pixels: int):
+    scaled_decode: training JPEGs go through preprocess.from_jpeg (crop box from the header, DCT-scaled decode);
+    other files, and JPEGs that path refuses, are decoded in full as before.
+    """
+
+    def __init__(self, folder, preprocess, train: bool, max_pixels: int, scaled_decode: bool = False):
         self.folder, self.preprocess, self.train, self.max_pixels = folder, preprocess, train, max_pixels
+        self.scaled_decode = scaled_decode
 
     def __len__(self) -> int:
         return len(self.folder)
 
+    def _load(self, path: str, sample_seed: int) -> Tensor:
+        if not self.scaled_decode:
+            return self.preprocess(decode_file(path, self.max_pixels), sample_seed)
+        data = read_bytes(path)
+        header = fast_jpeg_header(data, path, self.max_pixels)
+        if header is not None:
+            try:
+                return self.preprocess.from_jpeg(data, header, sample_seed)
+            except ValueError:
+                pass  # the full decode and its Pillow fallback decide
+        return self.preprocess(decode_pixels(data, path, self.max_pixels), sample_seed)
+
     def __getitem__(self, key: tuple[int, int]) -> Sample:
         index, sample_seed = key
         skips: list[tuple[str, str]] = []
-        index, image = read_sample(self.folder, index, lambda path: decode_file(path, self.max_pixels), skips,
+        # The augmentation follows the sample (its seed), whichever file ended up being read for it.
+        index, image = read_sample(self.folder, index, lambda path: self._load(path, sample_seed), skips,
                                    replace=self.train)
         if image is None:
             return Sample(None, -1, skips)
-        # The augmentation follows the sample (its seed), whichever file ended up being read for it.
-        return Sample(self.preprocess(image, sample_seed).permute(1, 2, 0), self.folder.label(index), skips)
+        return Sample(image.permute(1, 2, 0), self.folder.label(index), skips)
 
 
 def collate_uint8(samples: list[Sample]) -> PackedBatch:
@@ -65,8 +83,13 @@ def collate_uint8(samples: list[Sample]) -> PackedBatch:
 class PytorchLoader(FolderLoader):
     backend = "pytorch"
 
+    def __init__(self, folder, *, scaled_decode: bool = False, **options):
+        self.scaled_decode = scaled_decode
+        super().__init__(folder, **options)
+
     def _make_dataset(self):
-        return DecodedSamples(self.folder, self.preprocess, self.train, self.max_pixels)
+        return DecodedSamples(self.folder, self.preprocess, self.train, self.max_pixels,
+                              scaled_decode=self.scaled_decode and self.train)
 
     collate = staticmethod(collate_uint8)
 

@@ -15,6 +15,7 @@ from __future__ import annotations
 import math
 import random
 
+import numpy as np
 import torch
 import torchvision.transforms.v2.functional as F
 from PIL import Image
@@ -22,7 +23,7 @@ from torch import Tensor
 from torchvision.transforms import AutoAugment, AutoAugmentPolicy, InterpolationMode
 
 from ..errors import UserError
-from .decode import UnreadableImageError, load_image, to_rgb
+from .decode import JpegHeader, UnreadableImageError, decode_jpeg_scaled, load_image, to_rgb
 
 __all__ = ["IMAGENET_MEAN", "IMAGENET_STD", "INTERPOLATIONS", "AUGMENTATIONS", "UnreadableImageError", "load_image",
            "eval_transform", "normalize_batch", "eval_resize_crop", "random_resized_crop_box", "TrainAugment",
@@ -33,6 +34,8 @@ IMAGENET_STD = (0.229, 0.224, 0.225)
 CROP_SCALE = (0.08, 1.0)
 CROP_RATIO = (3 / 4, 4 / 3)
 INTERPOLATIONS = {"bilinear": InterpolationMode.BILINEAR, "bicubic": InterpolationMode.BICUBIC}
+PIL_FILTERS = {InterpolationMode.BILINEAR: Image.Resampling.BILINEAR,
+               InterpolationMode.BICUBIC: Image.Resampling.BICUBIC}
 AUGMENTATIONS = (None, "autoaugment")
 
 
@@ -78,7 +81,12 @@ def random_resized_crop_box(height: int, width: int, rng: random.Random,
 
 
 class TrainAugment:
-    """Crop, flip and (optionally) AutoAugment one uint8 (3, H, W) image, on whatever device it lives on."""
+    """Crop, flip and (optionally) AutoAugment one uint8 (3, H, W) image, on whatever device it lives on.
+
+    `draw` takes a sample's random choices from its seed, `apply` does the pixel work; `__call__` is both.
+    `from_jpeg` is the same augmentation reading a JPEG's bytes: the box is drawn from the header's size, then
+    only as much of the image is decoded as the output needs (decode.decode_jpeg_scaled).
+    """
 
     def __init__(self, image_size: int, interpolation: str = "bilinear", augmentation: str | None = None):
         if augmentation not in AUGMENTATIONS:
@@ -87,14 +95,23 @@ class TrainAugment:
         self.interpolation = interpolation_mode(interpolation)
         self.autoaugment = AutoAugment(AutoAugmentPolicy.IMAGENET) if augmentation == "autoaugment" else None
 
-    def __call__(self, image: Tensor, sample_seed: int) -> Tensor:
+    def draw(self, height: int, width: int,
+             sample_seed: int) -> tuple[tuple[int, int, int, int], bool, random.Random]:
+        """(crop box (top, left, height, width), flip, the generator for the rest) of a height x width image."""
         rng = random.Random(sample_seed)
-        top, left, height, width = random_resized_crop_box(image.shape[-2], image.shape[-1], rng)
-        flip = rng.random() < 0.5
-        image = F.resized_crop(image, top, left, height, width, [self.image_size, self.image_size],
-                               interpolation=self.interpolation, antialias=True)
+        box = random_resized_crop_box(height, width, rng)
+        return box, rng.random() < 0.5, rng
+
+    def apply(self, image: Tensor, box: tuple[int, int, int, int], flip: bool, rng: random.Random) -> Tensor:
+        """Crop `box` of `image`, resize it to image_size (antialiased), flip, AutoAugment with `rng`."""
+        image = F.resized_crop(image, *box, [self.image_size, self.image_size], interpolation=self.interpolation,
+                               antialias=True)
         if flip:
             image = F.horizontal_flip(image)
+        return self.auto_augment(image, rng)
+
+    def auto_augment(self, image: Tensor, rng: random.Random) -> Tensor:
+        """AutoAugment (when on) the cropped image, its choices drawn from `rng`; the image itself when off."""
         if self.autoaugment is not None:
             # torchvision's AutoAugment draws from torch's global CPU generator: seed it per sample, and restore
             # it so the caller's random state (the training process's, when workers=0) is untouched. Only the
@@ -103,6 +120,29 @@ class TrainAugment:
                 torch.default_generator.manual_seed(rng.getrandbits(63))
                 image = self.autoaugment(image)
         return image
+
+    def __call__(self, image: Tensor, sample_seed: int) -> Tensor:
+        return self.apply(image, *self.draw(image.shape[-2], image.shape[-1], sample_seed))
+
+    def from_jpeg(self, data: np.ndarray, header: JpegHeader, sample_seed: int) -> Tensor:
+        """The same draws as __call__ on the decoded image, from the file's bytes; ValueError if it cannot decode.
+
+        At full scale the pixels are __call__'s exactly. Decoded at 1/d, the crop box is fractional: Pillow's
+        resize takes such a box (its antialiased filter is the one torch ported, same weights), then the flip
+        and AutoAugment run as in apply.
+        """
+        box, flip, rng = self.draw(header.height, header.width, sample_seed)
+        pixels, box, denominator = decode_jpeg_scaled(data, header, box, self.image_size)
+        image = torch.from_numpy(pixels).permute(2, 0, 1)
+        if denominator == 1:
+            return self.apply(image, tuple(int(side) for side in box), flip, rng)
+        top, left, height, width = box
+        resized = Image.fromarray(pixels).resize((self.image_size, self.image_size), PIL_FILTERS[self.interpolation],
+                                                 box=(left, top, left + width, top + height))
+        image = torch.from_numpy(np.array(resized)).permute(2, 0, 1)
+        if flip:
+            image = F.horizontal_flip(image)
+        return self.auto_augment(image, rng)
 
 
 def eval_resize_crop(image: Tensor, image_size: int = 224, crop_pct: float = 0.875,
@@ -146,7 +186,10 @@ def normalize_batch(images: Tensor, memory_format: torch.memory_format = torch.c
     if images.dim() != 4 or images.shape[1] != 3:
         raise ValueError(f"normalize_batch expects (N, 3, H, W) images, got shape {tuple(images.shape)}")
     mean, std = _mean_std_255(images.device)
-    return images.contiguous(memory_format=memory_format).float().sub_(mean).div_(std)
+    # One converting copy into the result's layout, then two in-place passes: the same numbers as
+    # .contiguous().float().sub(mean).div(std), in half the time on a CPU (one pass over the uint8 data).
+    out = torch.empty(images.shape, dtype=torch.float32, device=images.device, memory_format=memory_format)
+    return out.copy_(images).sub_(mean).div_(std)
 
 
 class _EvalTransform:
