@@ -100,7 +100,7 @@ def install(faults: dict) -> None:
 
 
 def main() -> int:
-    faulthandler.register(signal.SIGUSR1, all_threads=True)  # `kill -USR1 PID` prints where a hung process is
+    faulthandler.register(signal.SIGUSR2, all_threads=True)  # `kill -USR2 PID` prints where a hung process is
     install(json.loads(os.environ.get(VARIABLE, "{}")))
     from resnext.cli import main as resnext_main
 
