@@ -192,7 +192,8 @@ def report_resume_changes(state: dict, config: TrainConfig, schedule, global_ste
     """Warn in one line when this run's options differ from the checkpoint's, with the learning rate they give at
     the resumed step before and now; returns the line (None when nothing changed)."""
     saved, now = state.get("config", {}), config.to_dict()
-    changed = [f"--{name.replace('_', '-')} {saved[name]} -> {now[name]}" for name in RESUME_OPTIONS
+    shown = lambda value: "default" if value is None else value  # noqa: E731
+    changed = [f"--{name.replace('_', '-')} {shown(saved[name])} -> {shown(now[name])}" for name in RESUME_OPTIONS
                if name in saved and name in now and saved[name] != now[name]]
     before, after = _saved_lr(state), schedule(global_step)
     if not changed and (before is None or before == after):
