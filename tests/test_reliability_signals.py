@@ -182,11 +182,22 @@ FAKE_SRUN = """
 """
 FAKE_SCANCEL = """
     import os, signal, sys
-    sys.path.insert(0, os.environ["TESTS"])
-    from conftest import descendants
     name = next(a.split("=", 1)[1] for a in sys.argv[1:] if a.startswith("--signal="))
     step = int(open(os.path.join(os.environ["FAKE_SLURM"], "step.pid")).read())
-    for pid in [step, *descendants(step)]:  # slurmstepd signals every process of the step
+    children = {}
+    for entry in os.listdir("/proc"):
+        if entry.isdigit():
+            try:
+                parent = int(open(f"/proc/{entry}/stat").read().rsplit(")", 1)[1].split()[1])
+            except (OSError, IndexError, ValueError):
+                continue
+            children.setdefault(parent, []).append(int(entry))
+    step_processes, stack = [step], [step]
+    while stack:
+        for child in children.get(stack.pop(), []):
+            step_processes.append(child)
+            stack.append(child)
+    for pid in step_processes:  # slurmstepd signals every process of the step
         try:
             os.kill(pid, getattr(signal, "SIG" + name))
         except ProcessLookupError:
@@ -213,7 +224,7 @@ def slurm_environment(tmp_path: Path, data: Path, workspace: Path) -> dict:
         probe.bind(("127.0.0.1", 0))
         port = probe.getsockname()[1]
     return dict(os.environ, PATH=f"{fake / 'bin'}:{Path(sys.executable).parent}:{os.environ['PATH']}",
-                FAKE_SLURM=str(fake), TESTS=str(Path(__file__).resolve().parent), OMP_NUM_THREADS="1",
+                FAKE_SLURM=str(fake), OMP_NUM_THREADS="1",
                 SLURM_JOB_ID="4242", SLURM_JOB_NAME="resnext", SLURM_JOB_NODELIST="node1", SLURM_NNODES="1",
                 DATA=str(data), WORKSPACE=str(workspace), GPUS_PER_NODE="1", PORT=str(port))
 
