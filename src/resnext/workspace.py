@@ -47,7 +47,7 @@ def _create_workspace(workspace: Path) -> None:
                         "choose a folder you can write to.") from None
 
 
-LOCK_NAME = ".resnext.lock"  # flock()ed by the run that owns the workspace; never deleted (that would race)
+LOCK_NAME = ".resnext.lock"  # flock()ed by the run that owns the workspace; deleted by it when it ends
 HOLDER_NAME = ".resnext.lock.json"  # who owns it: host, pid, since, command
 
 
@@ -97,10 +97,22 @@ class WorkspaceLock:
             notices.warning("warning: this system has no flock(); nothing stops a second run from using this "
                             "--workspace.")
             return
-        fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o666)
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except OSError as err:
+        while True:
+            fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o666)
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except OSError as err:
+                error = err
+                break
+            try:  # the owner deletes the file when it ends: a lock on a deleted file holds nothing, so try again
+                if os.stat(self.path).st_ino == os.fstat(fd).st_ino:
+                    error = None
+                    break
+            except FileNotFoundError:
+                pass
+            os.close(fd)
+        if error is not None:
+            err = error
             os.close(fd)
             if err.errno in (errno.EWOULDBLOCK, errno.EAGAIN, errno.EACCES):
                 raise UserError(f"--workspace '{self.workspace}' is in use by another run "
@@ -128,10 +140,11 @@ class WorkspaceLock:
     def release(self) -> None:
         if self._fd is None:
             return
-        try:
-            self.holder_path.unlink()
-        except OSError:
-            pass
+        for path in (self.holder_path, self.path):  # while still locked: a waiting run then retries on a new file
+            try:
+                path.unlink()
+            except OSError:
+                pass
         os.close(self._fd)  # closing the only descriptor releases the flock
         self._fd = None
 
