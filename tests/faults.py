@@ -10,6 +10,9 @@ from the outside before the CLI runs.
                                          only in torchrun's first attempt (TORCHELASTIC_RESTART_COUNT 0)
     {"slow_restart": R, "delay": S}      rank R starts S seconds late in torchrun's restarts (a slow node), so
                                          the other ranks reach the rendezvous first
+    {"step_delay": S}                    every optimizer step takes S seconds longer (a slow job, to be caught alive)
+    {"slow_save": S}                     each checkpoint write pauses S seconds half-way (a large checkpoint on slow
+                                         storage, to signal or kill a process inside its write)
     {"no_dali": true}                    `import nvidia.dali` fails, as on a machine without DALI
 
 Run it with the tests folder on PYTHONPATH (`environment()` below does that).
@@ -81,6 +84,37 @@ def _slow_restart(rank: int, delay: float) -> None:
         time.sleep(delay)
 
 
+def _step_delay(seconds: float) -> None:
+    from resnext import training
+
+    observe = training.LossHealth.observe
+
+    def observe_slowly(self, loss, step):
+        observe(self, loss, step)
+        time.sleep(seconds)
+
+    training.LossHealth.observe = observe_slowly
+
+
+def _slow_save(seconds: float) -> None:
+    import torch
+
+    real_save = torch.save
+
+    def save(obj, f, *args, **kwargs):
+        if not hasattr(f, "write"):
+            return real_save(obj, f, *args, **kwargs)
+        buffer = io.BytesIO()
+        real_save(obj, buffer, *args, **kwargs)
+        data = buffer.getvalue()
+        f.write(data[: len(data) // 2])
+        f.flush()
+        time.sleep(seconds)
+        f.write(data[len(data) // 2:])
+
+    torch.save = save
+
+
 def _no_dali() -> None:
     for name in list(sys.modules):
         if name == "nvidia.dali" or name.startswith("nvidia.dali."):
@@ -95,12 +129,16 @@ def install(faults: dict) -> None:
         _kill_rank(int(faults["kill_rank"]), int(faults["at_step"]))
     if "slow_restart" in faults:
         _slow_restart(int(faults["slow_restart"]), float(faults.get("delay", 3.0)))
+    if "step_delay" in faults:
+        _step_delay(float(faults["step_delay"]))
+    if "slow_save" in faults:
+        _slow_save(float(faults["slow_save"]))
     if faults.get("no_dali"):
         _no_dali()
 
 
 def main() -> int:
-    faulthandler.register(signal.SIGUSR1, all_threads=True)  # `kill -USR1 PID` prints where a hung process is
+    faulthandler.register(signal.SIGUSR2, all_threads=True)  # `kill -USR2 PID` prints where a hung process is
     install(json.loads(os.environ.get(VARIABLE, "{}")))
     from resnext.cli import main as resnext_main
 

@@ -65,6 +65,8 @@ def test_killed_preempted_and_corrupted_run_ends_identical_to_an_uninterrupted_o
     assert resume_entry(log_runs(workspace)[1])["resume.global_step"] == newest_after_a
     survivors = all_numbered_checkpoints_load(workspace)  # the torn write never took a checkpoint's name
     assert global_step_of(survivors[0]) == newest_after_a + nth_save - 1
+    # Exactly B's: A may also have been killed inside a write, but B removed that leftover when it took the
+    # workspace's lock (before, a B killed in its first save left two temporary files).
     assert len(list(workspace.glob(".checkpoint-*.tmp"))) == 1, "the kill did not land inside a checkpoint write"
 
     # C: bit rot in the newest checkpoint; --resume auto skips it (warning) and takes the one before; SIGTERM.

@@ -11,10 +11,11 @@ them stops the job (exit 3) with the last good checkpoint kept.
 """
 from __future__ import annotations
 
+import contextlib
 import errno
-import io
 import os
 import signal
+import subprocess
 
 import pytest
 import torch
@@ -33,21 +34,90 @@ def tiny(embedded_data, tmp_path_factory):
     return data, reference_state(data, base)
 
 
+class FullDisk:
+    """A file handle that takes `capacity` bytes, then fails every write with OSError(`error`), as a full disk (or
+    a file system whose permissions changed) does: torch.save then raises what it raises on a real full disk, its zip
+    writer's RuntimeError ("unexpected pos") with the OSError as its context."""
+
+    def __init__(self, handle, error: int, capacity: int = 1000):
+        self.handle, self.error, self.capacity = handle, error, capacity
+
+    def write(self, data):
+        if len(data) > self.capacity:
+            raise OSError(self.error, os.strerror(self.error))
+        self.capacity -= len(data)
+        return self.handle.write(data)
+
+    def flush(self):
+        return self.handle.flush()
+
+
 def failing_save(monkeypatch, fail_calls, error):
-    """torch.save that writes part of the checkpoint and then raises `error` on the given call numbers."""
+    """torch.save whose writes fail with `error` after 1000 bytes on the given call numbers (1-based)."""
     real_save = torch.save
     calls = []
 
     def save(obj, handle, *args, **kwargs):
         calls.append(1)
-        if len(calls) not in fail_calls:
-            return real_save(obj, handle, *args, **kwargs)
-        buffer = io.BytesIO()
-        real_save(obj, buffer, *args, **kwargs)
-        handle.write(buffer.getvalue()[:1000])
-        raise OSError(error, os.strerror(error))
+        if len(calls) in fail_calls:
+            handle = FullDisk(handle, error)
+        return real_save(obj, handle, *args, **kwargs)
 
     monkeypatch.setattr(torch, "save", save)
+
+
+def test_the_injected_fault_is_the_exception_a_full_disk_gives(tmp_path):
+    """The injection above must raise what torch.save raises on a real full disk, not an OSError of its own."""
+    with open(tmp_path / "x.pt", "wb") as handle, pytest.raises(RuntimeError, match="unexpected pos") as raised:
+        torch.save({"weights": torch.zeros(10_000)}, FullDisk(handle, errno.ENOSPC))
+    assert isinstance(raised.value.__context__, OSError) and raised.value.__context__.errno == errno.ENOSPC
+
+
+@contextlib.contextmanager
+def small_filesystem(path, size_bytes: int):
+    """A real tmpfs of `size_bytes` mounted at `path` (root only); skips the test where mounting is not allowed."""
+    path.mkdir()
+    mounted = subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={size_bytes}", "tmpfs", str(path)],
+                             capture_output=True, text=True) if os.geteuid() == 0 else None
+    if mounted is None or mounted.returncode != 0:
+        pytest.skip("mounting a small tmpfs needs root and CAP_SYS_ADMIN: "
+                    + (mounted.stderr.strip() if mounted else "not root"))
+    try:
+        yield path
+    finally:
+        subprocess.run(["umount", "-l", str(path)], check=False)
+
+
+@pytest.mark.parametrize("disk", ["real tmpfs", "injected"])
+def test_a_full_disk_warns_trains_on_and_exits_1_naming_the_intact_checkpoint(tiny, tmp_path, monkeypatch, capsys,
+                                                                              caplog, disk):
+    """Issue 11, case 5: the workspace on a small filesystem; the third checkpoint no longer fits."""
+    data, _ = tiny
+    size = (data.parent / "reference" / "checkpoint.pth.tar").stat().st_size  # one checkpoint of this run
+    with contextlib.ExitStack() as stack:
+        if disk == "real tmpfs":
+            workspace = stack.enter_context(small_filesystem(tmp_path / "disk", int(size * 2.5) + 64 * 1024))
+        else:
+            workspace = tmp_path / "workspace"
+            failing_save(monkeypatch, set(range(3, 100)), errno.ENOSPC)
+        code = train_in_process([data, *TRAIN_ARGS, "--gather-checkpoints", "2", "--workspace", workspace])
+        err = capsys.readouterr().err
+        assert code == 1, err[-3000:]
+        assert "Traceback" not in err
+        warnings = [r.getMessage() for r in caplog.records if "could not write checkpoint" in r.getMessage()]
+        assert len(warnings) == 13  # every write from the third on: training went on
+        assert warnings[0].startswith("warning: could not write checkpoint ") and warnings[0].endswith(
+            "(No space left on device); the previous checkpoint "
+            f"({workspace / 'checkpoint-0000-00000002.pt'}) is intact and training continues."), warnings[0]
+        last_line = err.strip().splitlines()[-1]
+        assert last_line.startswith("resnext train: error: training stopped without its last checkpoint: could not "
+                                    "write checkpoint "), last_line
+        assert f"(No space left on device); the previous checkpoint ({workspace / 'checkpoint-0000-00000002.pt'}) " \
+               "is intact" in last_line
+        assert [path.name for path in list_checkpoints(workspace)] == ["checkpoint-0000-00000002.pt",
+                                                                       "checkpoint-0000-00000001.pt"]
+        read_checkpoint(workspace / "checkpoint-0000-00000002.pt")
+        assert not list(workspace.glob(".checkpoint-*.tmp"))
 
 
 def by_global_step(workspace) -> dict:

@@ -114,11 +114,21 @@ def prune_checkpoints(workspace: str | os.PathLike, keep: int) -> list[Path]:
     """Delete all but the `keep` newest numbered checkpoints (keep <= 0 keeps all), and the temporary files of
     checkpoint writes a crash interrupted (call it only while no checkpoint is being written); returns what was
     removed."""
-    workspace = Path(workspace)
-    stale = [entry for entry in workspace.iterdir() if _INTERRUPTED.match(entry.name)] if workspace.is_dir() else []
     numbered = list_checkpoints(workspace)[keep:] if keep > 0 else []
+    return remove_interrupted_writes(workspace) + _remove(numbered)
+
+
+def remove_interrupted_writes(workspace: str | os.PathLike) -> list[Path]:
+    """Delete the temporary files of checkpoint writes that a crash interrupted (only safe while nothing else writes
+    checkpoints in `workspace`: the run holding its lock); returns what was removed."""
+    workspace = Path(workspace)
+    return _remove([entry for entry in workspace.iterdir() if _INTERRUPTED.match(entry.name)]
+                   if workspace.is_dir() else [])
+
+
+def _remove(paths: list[Path]) -> list[Path]:
     removed = []
-    for path in stale + numbered:
+    for path in paths:
         try:
             path.unlink()
             removed.append(path)
@@ -249,10 +259,12 @@ class CheckpointWriter:
         path = self.workspace / checkpoint_name(epoch, global_step)
         try:
             save_checkpoint(path, state)
-        except OSError as err:
+        except (OSError, RuntimeError) as err:
+            reason = write_failure(err)
+            if reason is None:  # not a failed write: a bug to see in full
+                raise
             previous = self.last or next(iter(list_checkpoints(self.workspace)), "none yet")
-            self.unsaved = (f"could not write checkpoint {path} ({err.strerror or err}); the previous checkpoint "
-                            f"({previous}) is intact")
+            self.unsaved = f"could not write checkpoint {path} ({reason}); the previous checkpoint ({previous}) is intact"
             notices.warning(f"warning: {self.unsaved} and training continues.")
             return None
         self.unsaved = None
@@ -266,6 +278,29 @@ class CheckpointWriter:
             notices.warning(f"warning: wrote {path} but could not update {self.latest_name} or prune older "
                             f"checkpoints ({err.strerror or err}).")
         return path
+
+
+def write_failure(err: BaseException) -> str | None:
+    """Why a checkpoint write failed, when `err` is a failed write (else None: a bug, to be raised as it is).
+
+    The file system's errors arrive as OSError (ENOSPC, EDQUOT, EACCES, EIO), from our own flush/fsync/rename or
+    from Python's file object. Inside torch.save they may arrive as torch's zip writer's RuntimeError instead: with
+    the disk full, its write callback's OSError becomes the context of "[enforce fail at inline_container.cc:...]
+    unexpected pos" or "PytorchStreamWriter failed writing file ...". The OSError in the chain gives the reason.
+    """
+    chain, seen = [], err
+    while seen is not None and len(chain) < 8:
+        chain.append(seen)
+        seen = seen.__cause__ or seen.__context__
+    for link in chain:
+        if isinstance(link, OSError):
+            return link.strerror or first_line(link)
+    if isinstance(err, RuntimeError) and any(mark in str(err) for mark in _TORCH_WRITER_ERRORS):
+        return first_line(err)
+    return None
+
+
+_TORCH_WRITER_ERRORS = ("PytorchStreamWriter", "inline_container.cc", "file write failed")
 
 
 def _replace_with_link(source: Path, target: Path) -> None:

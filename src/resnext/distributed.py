@@ -9,6 +9,9 @@ from __future__ import annotations
 
 import datetime
 import os
+import socket
+import time
+import uuid
 from dataclasses import dataclass, field
 
 import torch
@@ -16,7 +19,7 @@ import torch.distributed as dist
 from torch import nn
 
 from .device import resolve_device
-from .errors import UserError
+from .errors import JoinTimeout, UserError, first_line
 
 
 @dataclass
@@ -36,8 +39,17 @@ class DistEnv:
         return self.rank == 0
 
 
-def setup(requested_device: str | None = None, backend: str | None = None) -> DistEnv:
-    """Read torchrun's environment and join the process group (a no-op for a single process)."""
+JOIN_TIMEOUT_S = 600.0  # --join-timeout's default: torchrun's own rendezvous join_timeout
+COLLECTIVE_TIMEOUT = datetime.timedelta(minutes=30)  # torch's default for gloo; a checkpoint write fits in it
+
+
+def setup(requested_device: str | None = None, backend: str | None = None,
+          join_timeout: float = JOIN_TIMEOUT_S) -> DistEnv:
+    """Read torchrun's environment and join the process group (a no-op for a single process).
+
+    Every rank waits at most `join_timeout` seconds for the others; then JoinTimeout names the ranks that did not
+    come (instead of waiting forever).
+    """
     world_size = int(os.environ.get("WORLD_SIZE", "1"))
     rank = int(os.environ.get("RANK", "0"))
     local_rank = int(os.environ.get("LOCAL_RANK", "0"))
@@ -52,17 +64,68 @@ def setup(requested_device: str | None = None, backend: str | None = None) -> Di
         backend = backend or ("nccl" if device.type == "cuda" else "gloo")
         if backend == "nccl" and device.type != "cuda":
             raise UserError("--dist-backend nccl needs GPUs; use gloo for CPU processes.")
-        timeout = datetime.timedelta(minutes=30)
-        store, _, _ = next(dist.rendezvous("env://", timeout=timeout))
-        # After a failure, `torchrun --max-restarts` starts new workers on the agent's same store, and torch (2.14
-        # here) no longer keeps each attempt's keys apart: a restarted rank can read a dead rank's address and fail
-        # or hang. One namespace per attempt keeps them apart on every torch version.
-        attempt = os.environ.get("TORCHELASTIC_RESTART_COUNT", "0")
-        dist.init_process_group(backend=backend, store=dist.PrefixStore(f"resnext/attempt-{attempt}", store),
-                                rank=rank, world_size=world_size, timeout=timeout)
+        store = _connect_store(join_timeout)
+        store = dist.PrefixStore(f"resnext/round/{join_round(store, rank, world_size, join_timeout)}", store)
+        dist.init_process_group(backend=backend, store=store, rank=rank, world_size=world_size,
+                                timeout=COLLECTIVE_TIMEOUT)
     if world_size > 1:
         env.control_group = dist.new_group(backend="gloo") if dist.get_backend() != "gloo" else dist.group.WORLD
     return env
+
+
+def _connect_store(timeout_s: float) -> dist.Store:
+    """The key-value store at MASTER_ADDR:MASTER_PORT (torchrun's agent store, or rank 0's own)."""
+    where = f"{os.environ.get('MASTER_ADDR', '?')}:{os.environ.get('MASTER_PORT', '?')}"
+    try:
+        store, _, _ = next(dist.rendezvous("env://", timeout=datetime.timedelta(seconds=timeout_s)))
+    except (RuntimeError, ValueError, TimeoutError) as err:  # torch's DistNetworkError / DistStoreError are these
+        raise JoinTimeout(f"cannot reach the rendezvous store at {where} within {timeout_s:g} s (--join-timeout): "
+                          f"{first_line(err)}; check MASTER_ADDR / MASTER_PORT and that rank 0 was started.") from None
+    return store
+
+
+def join_round(store: dist.Store, rank: int, world_size: int, timeout_s: float) -> str:
+    """A name that exactly the processes of this launch share, to keep their store keys apart from earlier ones.
+
+    The store can outlive processes: torchrun's agent keeps it across `--max-restarts`, and on two nodes a restarted
+    survivor (TORCHELASTIC_RESTART_COUNT 1) meets a relaunched node (0), so no counter the processes hold agrees.
+    Keys a dead process left would send a new one to addresses nobody listens on. So every rank draws a fresh
+    token; rank 0 answers each token it reads under a key named after that token (an old token's answer is read by
+    nobody), the others reply under a key named after rank 0's token, and rank 0's token names the round. Raises
+    JoinTimeout naming the missing ranks after `timeout_s` seconds.
+    """
+    token = f"{socket.gethostname()}-{os.getpid()}-{uuid.uuid4().hex[:12]}"
+    deadline = time.monotonic() + timeout_s
+    if rank != 0:
+        store.set(f"resnext/join/{rank}", token)
+        try:
+            store.wait([f"resnext/welcome/{token}"], datetime.timedelta(seconds=timeout_s))
+        except (RuntimeError, TimeoutError):
+            raise JoinTimeout(f"rank {rank} waited {timeout_s:g} s (--join-timeout) for rank 0, which did not "
+                              "come; check that every node was launched (torchrun --nnodes / --node-rank).") from None
+        leader = store.get(f"resnext/welcome/{token}").decode()
+        store.set(f"resnext/round/{leader}/here/{rank}", "1")
+        return leader
+    answered: dict[int, bytes] = {}
+    missing = set(range(1, world_size))
+    while True:
+        for other in sorted(missing):
+            key = f"resnext/join/{other}"
+            if store.check([key]):
+                their_token = store.get(key)
+                if answered.get(other) != their_token:  # a newer token than the one answered: a new process
+                    store.set(f"resnext/welcome/{their_token.decode()}", token)
+                    answered[other] = their_token
+            if store.check([f"resnext/round/{token}/here/{other}"]):
+                missing.discard(other)
+        if not missing:
+            return token
+        if time.monotonic() > deadline:
+            ranks = ", ".join(map(str, sorted(missing)))
+            raise JoinTimeout(f"rank(s) {ranks} of {world_size} did not join within {timeout_s:g} s (--join-timeout); "
+                              "check that every node was launched (torchrun --nnodes / --node-rank) and reaches "
+                              f"{os.environ.get('MASTER_ADDR', '?')}:{os.environ.get('MASTER_PORT', '?')}.")
+        time.sleep(0.05)
 
 
 def teardown(env: DistEnv) -> None:

@@ -24,3 +24,10 @@ class CheckpointNotSaved(UserError):
     since the steps after the newest checkpoint on disk would otherwise be lost without notice."""
 
     exit_code = 1
+
+
+class JoinTimeout(UserError):
+    """A distributed process waited --join-timeout seconds for ranks that never came (a node that was not launched or
+    cannot reach the rendezvous store): one line naming them, instead of a hang."""
+
+    exit_code = 1

@@ -76,6 +76,7 @@ class TrainConfig:
     deterministic: bool = False
     device: str | None = None  # None: cuda if available, else cpu
     dist_backend: str | None = None  # None: nccl on CUDA, gloo on CPU
+    join_timeout: int = 600  # seconds distributed ranks wait for each other at start-up (then one-line error)
     seed: int = 0
     max_nonfinite_steps: int = 20
     # checkpoints and logs

@@ -177,7 +177,8 @@ def serve(weights, *, use_ema: bool = False, arch: str | None = None, device: st
           precision: str | None = None, image_size: int | None = None, crop_pct: float | None = None,
           interpolation: str | None = None, on_ready: Callable[[Server], None] | None = None,
           **server_options) -> None:
-    """Serve the model in `weights` until SIGINT or SIGTERM (or until Triton stops), then shut down cleanly.
+    """Serve the model in `weights` until a stop signal (SIGTERM, SIGINT, SIGHUP, SIGUSR1) or until Triton stops, then
+    shut down cleanly.
 
     server_options: Server's keyword arguments (model_name, host, http_port, grpc_port, metrics_port,
     max_batch_size, queue_delay_us, topk, log_file). on_ready(server) runs once the models answer.
@@ -277,11 +278,14 @@ def _temporary_log() -> Path:
 
 @contextlib.contextmanager
 def _stop_on_signals(stop: threading.Event):
-    """SIGINT and SIGTERM set `stop` instead of interrupting the server mid-request (main thread only)."""
+    """The stop signals (SIGTERM, SIGINT, SIGHUP, SIGUSR1: resnext.preemption) set `stop` instead of interrupting
+    the server mid-request (main thread only)."""
+    from .preemption import STOP_SIGNALS
+
     if threading.current_thread() is not threading.main_thread():
         yield
         return
-    previous = {sig: signal.signal(sig, lambda *_: stop.set()) for sig in (signal.SIGINT, signal.SIGTERM)}
+    previous = {sig: signal.signal(sig, lambda *_: stop.set()) for sig in STOP_SIGNALS}
     try:
         yield
     finally:

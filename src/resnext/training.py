@@ -44,7 +44,8 @@ from .models import create_model, resolve_arch
 from .optim import LRSchedule, build_optimizer
 from .preemption import StopSignal
 from .recipe import TrainConfig
-from .workspace import check_resume_compatible, locate_resume, prepare_workspace
+from .workspace import check_resume_compatible, claim_workspace, locate_resume, prepare_workspace, \
+    report_resume_changes
 
 notices = logging.getLogger("resnext")
 
@@ -152,18 +153,20 @@ def train(config: TrainConfig) -> dict:
     Raises UserError (one sentence) for anything the user can fix, TrainingDiverged when the loss or weights stop
     being finite, CheckpointNotSaved when the run's last checkpoint could not be written.
     """
-    env = distributed.setup(config.device, config.dist_backend)
-    try:
-        run, progress, resume_path = setup(config, env)
+    with StopSignal() as stop:  # from the start: a signal during set-up stops the run after its first step
+        env = distributed.setup(config.device, config.dist_backend, config.join_timeout)
         try:
-            log_parameters(run, progress, resume_path)
-            if config.evaluate:
-                return evaluate_only(run)
-            return fit(run, progress)
+            with claim_workspace(config, env):
+                run, progress, resume_path = setup(config, env)
+                try:
+                    log_parameters(run, progress, resume_path)
+                    if config.evaluate:
+                        return evaluate_only(run)
+                    return fit(run, progress, stop)
+                finally:
+                    run.logger.close()
         finally:
-            run.logger.close()
-    finally:
-        distributed.teardown(env)
+            distributed.teardown(env)
 
 
 def setup(config: TrainConfig, env: DistEnv) -> tuple[Run, Progress, Path | None]:
@@ -226,8 +229,11 @@ def setup(config: TrainConfig, env: DistEnv) -> tuple[Run, Progress, Path | None
     if config.compile:
         train_model = torch.compile(train_model)
 
+    schedule = LRSchedule.from_config(config, peak_lr, max(1, steps_per_epoch))
+    if state is not None and not config.evaluate:
+        report_resume_changes(state, config, schedule, progress.global_step)
     run = Run(config=config, env=env, model=model, train_model=train_model, ddp=ddp, ema=ema, optimizer=optimizer,
-              scaler=scaler, schedule=LRSchedule.from_config(config, peak_lr, max(1, steps_per_epoch)),
+              scaler=scaler, schedule=schedule,
               train_loader=train_loader, val_loader=val_loader, class_names=class_names, precision=precision,
               accumulation=accumulation, steps_per_epoch=steps_per_epoch, logger=make_logger(config, env, workspace),
               health=LossHealth(env.device, config.max_nonfinite_steps),
@@ -295,8 +301,9 @@ def log_parameters(run: Run, progress: Progress, resume_path: Path | None) -> No
 
 # ---- the loop -----------------------------------------------------------------------------------------------
 
-def fit(run: Run, progress: Progress) -> dict:
-    """The epoch loop: train, validate, checkpoint, until done, early-stopped or told to stop."""
+def fit(run: Run, progress: Progress, stop: StopSignal) -> dict:
+    """The epoch loop: train, validate, checkpoint, until done, early-stopped or told to stop (`stop`, which every
+    rank reads together after each step and each epoch)."""
     config, p, session = run.config, progress, Session()
     end_epoch = config.epochs if config.run_epochs < 0 else min(config.epochs, p.epoch + config.run_epochs)
     if p.epoch >= config.epochs:
@@ -304,35 +311,37 @@ def fit(run: Run, progress: Progress) -> dict:
                            "Use --evaluate to measure the checkpoint.")
         return finish(run, p, session, "completed", time.time())
     started, reason = time.time(), "completed"
-    with StopSignal() as stop:
-        while p.epoch < end_epoch:
-            epoch_started, first_step = time.time(), p.step_in_epoch
-            outcome = train_one_epoch(run, p, session, stop)
-            if outcome != "completed":
-                save_checkpoint(run, p, session)
-                reason = "preempted" if outcome == "stopped" else "stopped"
-                break
-            epoch_metrics = epoch_train_metrics(run, p, time.time() - epoch_started, run.steps_per_epoch - first_step)
-            run.logger.epoch_end(p.epoch, epoch_metrics, run.steps_per_epoch)
-            if "train.total_ips" in epoch_metrics:
-                session.epoch_throughputs.append(epoch_metrics["train.total_ips"])
-            is_best = False
-            if not config.training_only:
-                is_best = validate_epoch(run, p, session)
-            p.epoch += 1
-            p.step_in_epoch = 0
-            p.epoch_loss_sum = 0.0
-            save_checkpoint(run, p, session, is_best=is_best)
-            if stop.requested:
-                reason = "preempted"
-                break
-            if 0 < config.early_stopping_patience <= p.epochs_without_improvement:
-                reason = "early_stop"
-                run.logger.message(f"early stopping: no top-1 improvement for {p.epochs_without_improvement} epochs.")
-                break
-        else:
-            if end_epoch < config.epochs:
-                reason = "stopped"  # --run-epochs reached; resume continues
+    while p.epoch < end_epoch:
+        epoch_started, first_step = time.time(), p.step_in_epoch
+        outcome = train_one_epoch(run, p, session, stop)
+        if outcome != "completed":
+            save_checkpoint(run, p, session)
+            reason = "preempted" if outcome == "stopped" else "stopped"
+            break
+        epoch_metrics = epoch_train_metrics(run, p, time.time() - epoch_started, run.steps_per_epoch - first_step)
+        run.logger.epoch_end(p.epoch, epoch_metrics, run.steps_per_epoch)
+        if "train.total_ips" in epoch_metrics:
+            session.epoch_throughputs.append(epoch_metrics["train.total_ips"])
+        is_best = False
+        if not config.training_only:
+            is_best = validate_epoch(run, p, session)
+        p.epoch += 1
+        p.step_in_epoch = 0
+        p.epoch_loss_sum = 0.0
+        save_checkpoint(run, p, session, is_best=is_best)
+        if distributed.any_rank(stop.requested, run.env):  # a signal during validation: every rank stops here
+            reason = "preempted"
+            break
+        if 0 < config.early_stopping_patience <= p.epochs_without_improvement:
+            reason = "early_stop"
+            run.logger.message(f"early stopping: no top-1 improvement for {p.epochs_without_improvement} epochs.")
+            break
+    else:
+        if end_epoch < config.epochs:
+            reason = "stopped"  # --run-epochs reached; resume continues
+    if reason == "preempted" and run.checkpoints.unsaved is None and run.checkpoints.last is not None:
+        run.logger.message(f"stopped by {stop.received or 'a signal to another rank'} after global step "
+                           f"{p.global_step}: saved {run.checkpoints.last}; continue with --resume auto.")
     if run.checkpoints.unsaved is not None:
         raise CheckpointNotSaved(f"training stopped without its last checkpoint: {run.checkpoints.unsaved}. Free disk "
                                  "space or fix the workspace's permissions; --resume auto then repeats the lost steps.")

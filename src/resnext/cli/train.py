@@ -117,6 +117,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     speed.add_argument("--device", default=None, help="cpu, cuda or cuda:N (default: cuda if available)")
     speed.add_argument("--dist-backend", choices=["nccl", "gloo"], default=None,
                        help="torchrun process group backend (default: nccl on GPUs, gloo on CPUs)")
+    speed.add_argument("--join-timeout", type=positive_int, default=600, metavar="SECONDS",
+                       help="how long distributed ranks wait for each other at start-up before failing with one "
+                            "line naming the missing ranks")
     speed.add_argument("--seed", type=non_negative_int, default=0)
     speed.add_argument("--max-nonfinite-steps", type=positive_int, default=20,
                        help="stop when the loss is NaN/inf for this many consecutive steps")

@@ -16,6 +16,7 @@ from torch import Tensor
 from torch.utils.data import DataLoader, get_worker_info
 
 from ..errors import UserError
+from ..preemption import ignore_stop_signals
 from .folder import MAX_REPLACEMENTS, ImageFolder
 from .sampling import ShardBatchSampler
 
@@ -100,7 +101,9 @@ class FolderLoader(SkipRecorder):
             pin_memory=self.pin_memory and device.type == "cuda",
             # Workers hold no state between epochs (the plan comes from the sampler), so keeping them alive
             # only saves the fork and the imports at every epoch.
-            persistent_workers=workers > 0, prefetch_factor=prefetch if workers > 0 else None)
+            persistent_workers=workers > 0, prefetch_factor=prefetch if workers > 0 else None,
+            # A stop signal sent to the whole process group is for the training loop to act on, not the workers.
+            worker_init_fn=ignore_stop_signals)
 
     def __len__(self) -> int:
         return len(self.batch_sampler)

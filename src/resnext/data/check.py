@@ -11,6 +11,7 @@ from pathlib import Path
 
 import torch
 
+from ..preemption import ignore_stop_signals
 from .decode import UnreadableImageError, max_image_pixels, open_image
 from .folder import ImageFolder, find_dataset, is_dataset_root
 
@@ -51,7 +52,7 @@ def _count(values) -> dict[str, int]:
 def check_split(folder: ImageFolder, workers: int = 2) -> dict:
     """Statistics of one split: per-class counts, unreadable files, formats, modes, sizes."""
     loader = torch.utils.data.DataLoader(_Inspect(folder, max_image_pixels()), batch_size=64, num_workers=workers,
-                                         collate_fn=list)
+                                         collate_fn=list, worker_init_fn=ignore_stop_signals)
     infos = [info for batch in loader for info in batch]
     good = [info for info in infos if "error" not in info]
     return {
