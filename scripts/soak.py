@@ -91,13 +91,13 @@ def main(argv: list[str] | None = None) -> int:
 
     from resnext.data import embedded
     from resnext.engine import train
-    from resnext.recipe import TrainConfig
+    from resnext.recipe import TrainConfig, preset
 
     device = torch.device(args.device or ("cuda" if torch.cuda.is_available() else "cpu"))
     data = embedded.materialize()
     temporary = tempfile.TemporaryDirectory(prefix="resnext-soak-") if args.workspace is None else None
     workspace = args.workspace or Path(temporary.name)
-    config = TrainConfig(data=str(data), arch=args.arch, image_size=args.image_size, batch_size=args.batch_size,
+    config = TrainConfig(**preset("resnext"), data=str(data), arch=args.arch, image_size=args.image_size, batch_size=args.batch_size,
                          workers=args.workers, epochs=100_000, warmup=0, lr=0.05, device=str(device),
                          workspace=str(workspace), checkpoint_interval=args.checkpoint_interval, print_freq=1000,
                          tensorboard=False, progress=False)

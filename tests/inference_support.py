@@ -40,7 +40,7 @@ def train_once(embedded: Path, base: Path) -> TrainedRun:
     if base in _RUNS:
         return _RUNS[base]
     from resnext.engine import train
-    from resnext.recipe import TrainConfig
+    from resnext.recipe import TrainConfig, preset
     from resnext.report import read_log
 
     data = base / "data"
@@ -50,7 +50,7 @@ def train_once(embedded: Path, base: Path) -> TrainedRun:
             for image in sorted((embedded / split / name).iterdir())[:count]:
                 shutil.copy(image, data / split / name / image.name)
     workspace = base / "run"
-    config = TrainConfig(data=str(data), arch="resnext_tiny", image_size=IMAGE_SIZE, batch_size=8, epochs=EPOCHS,
+    config = TrainConfig(**preset("resnext"), data=str(data), arch="resnext_tiny", image_size=IMAGE_SIZE, batch_size=8, epochs=EPOCHS,
                          warmup=0, lr=0.02, use_ema=0.9, workers=0, seed=0, workspace=str(workspace),
                          gather_checkpoints=-1, tensorboard=False, progress=False, print_freq=100)
     threads = torch.get_num_threads()

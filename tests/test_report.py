@@ -136,14 +136,14 @@ def training_runs(tmp_path_factory, embedded_data) -> dict[str, Path]:
     from conftest import copy_subset
     from resnext.checkpoint import list_checkpoints
     from resnext.engine import train
-    from resnext.recipe import TrainConfig
+    from resnext.recipe import TrainConfig, preset
 
     root = tmp_path_factory.mktemp("runs")
     data = copy_subset(embedded_data, root / "data", 13, 4)  # 130 training images: 8 batches of 16
     runs = {name: root / name for name in ("amp", "tf32", "resumed", "partial")}
 
     def run(name: str, **changes) -> None:
-        values = dict(data=str(data), workspace=str(runs[name]), arch="resnext_tiny", image_size=32, batch_size=16,
+        values = dict(preset("resnext"), data=str(data), workspace=str(runs[name]), arch="resnext_tiny", image_size=32, batch_size=16,
                       workers=0, epochs=EPOCHS, warmup=1, print_freq=1, tensorboard=False, progress=False, seed=1)
         train(TrainConfig(**{**values, **changes}))
 

@@ -15,14 +15,15 @@ import torch
 from resnext.checkpoint import list_checkpoints, read_checkpoint
 from resnext.engine import train
 from resnext.errors import UserError
-from resnext.recipe import TrainConfig
+from resnext.recipe import TrainConfig, preset
 
 from conftest import copy_subset, run_command
 
 
 def tiny_config(data: Path, workspace: Path, **changes) -> TrainConfig:
-    values = dict(data=str(data), workspace=str(workspace), arch="resnext_tiny", image_size=32, batch_size=16,
-                  workers=0, epochs=2, print_freq=5, tensorboard=False, progress=False, seed=3)
+    """Our recipe (--preset resnext) on resnext_tiny at 32 px; NVIDIA's semantics are tested in test_nvidia.py."""
+    values = dict(preset("resnext"), data=str(data), workspace=str(workspace), arch="resnext_tiny", image_size=32,
+                  batch_size=16, workers=0, epochs=2, print_freq=5, tensorboard=False, progress=False, seed=3)
     values.update(changes)
     values.setdefault("warmup", 1 if values["epochs"] > 1 else 0)
     return TrainConfig(**values)
@@ -95,7 +96,8 @@ def test_resume_mid_epoch_is_bit_exact(small_data, tmp_path):
 
 def test_sigterm_mid_epoch_saves_and_resumes_exactly(embedded_data, tmp_path):
     data = copy_subset(embedded_data, tmp_path / "data", 64, 4)  # 40 steps per epoch
-    common = [str(data), "--arch", "resnext_tiny", "--image-size", "32", "-b", "16", "-j", "0", "--epochs", "1",
+    common = [str(data), "--preset", "resnext", "--arch", "resnext_tiny", "--image-size", "32", "-b", "16", "-j", "0",
+              "--epochs", "1",
               "--warmup", "0", "--seed", "5", "--print-freq", "1", "--no-tensorboard", "--no-progress"]
     reference = cli("train", *common, "--workspace", str(tmp_path / "straight"))
     assert reference.returncode == 0, reference.stderr
@@ -126,7 +128,8 @@ def test_torchrun_two_ranks_match_one_process_with_twice_the_batch(embedded_data
     # the images inside a batch (the same maths in another float order) moves the weights by ~1e-2 after a dozen
     # steps here, so the comparison stays within the first steps, where float tolerance is meaningful.
     data = copy_subset(embedded_data, tmp_path / "data", 5, 6)  # 50 train images: 3 steps of 16; 60 val images
-    common = ["train", str(data), "--arch", "resnext_tiny", "--image-size", "32", "-j", "0", "--epochs", "1",
+    common = ["train", str(data), "--preset", "resnext", "--arch", "resnext_tiny", "--image-size", "32", "-j", "0",
+              "--epochs", "1",
               "--warmup", "0", "--seed", "1", "--print-freq", "1", "--sync-bn", "--no-tensorboard", "--no-progress",
               "--lr", "0.002"]
     single = cli(*common, "-b", "16", "--workspace", str(tmp_path / "one"))

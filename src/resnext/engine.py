@@ -32,8 +32,10 @@ from .device import autocast, synchronize
 from .distributed import DistEnv
 from .errors import UserError
 from .logger import RunLogger
-from .models import create_model, resolve_arch
+from .models import create_model, resolve_arch, script_model
 from .optim import LRSchedule, build_optimizer
+from .affinity import set_gpu_affinity
+from .data import check_num_classes, resolve_backend
 from .preemption import StopSignal
 from .recipe import TrainConfig
 
@@ -232,6 +234,7 @@ class Run:
 def train(config: TrainConfig) -> dict:
     """Run (or continue) a training job described by `config`; returns the run summary."""
     env = distributed.setup(config.device, config.dist_backend)
+    set_gpu_affinity(config.gpu_affinity, env)
     try:
         return _train(config, env)
     finally:
@@ -240,11 +243,13 @@ def train(config: TrainConfig) -> dict:
 
 def _train(config: TrainConfig, env: DistEnv) -> dict:
     config.validate(env.world_size)
-    precision = resolve_precision(config.precision, env.device)
-    memory_format = resolve_memory_format(config.memory_format, env.device)
+    precision = resolve_precision(config.training_precision(env.device.type), env.device)
+    memory_format = resolve_memory_format(config.training_memory_format(), env.device)
     configure_backends(precision, config.deterministic)
     workspace = prepare_workspace(config, env)
     resume_path, state = locate_resume(config, workspace)
+    config.data_backend = resolve_backend(config.data_backend)
+    config.seed = ckpt.resolve_seed(config.seed, state, env)
 
     torch.manual_seed(config.seed)
     np.random.seed(config.seed % 2**32)
@@ -253,21 +258,24 @@ def _train(config: TrainConfig, env: DistEnv) -> dict:
     num_classes = config.num_classes or len(class_names)
     if state is not None:
         check_resume_compatible(state, config, num_classes, resume_path)
-    model = create_model(config.arch, num_classes, conv_init=config.conv_init, last_bn_0_init=config.last_bn_0_init)
-    if config.evaluate and state is None and not config.pretrained_from_file:
+    model = create_model(config.arch, num_classes, **config.model_options())
+    if config.evaluate and state is None and not (config.pretrained_from_file or config.pretrained):
+        notices.info("--evaluate without weights: validating the freshly initialised model (a speed benchmark, as "
+                     "NVIDIA's benchmark_inference mode does).")
+    if config.evaluate and state is None and config.resume:
         raise UserError(f"--evaluate found no checkpoint to evaluate ({config.resume}); pass --resume CHECKPOINT or "
                         "--pretrained-from-file FILE.")
-    if config.pretrained_from_file and state is None:
-        from .weights import load_weights
+    if (config.pretrained_from_file or config.pretrained) and state is None:
+        from .weights import load_weights, pretrained_weights
 
-        load_weights(model, config.pretrained_from_file, ignore_head=config.ignore_head)
+        load_weights(model, pretrained_weights(config), ignore_head=config.ignore_head)
     if config.sync_bn:
         model = distributed.convert_sync_batchnorm(model, env)
     model.to(env.device, memory_format=memory_format)
     ema = ModelEMA(model, config.use_ema) if config.use_ema else None
 
     accumulation = config.accumulation_steps(env.world_size)
-    steps_per_epoch = len(train_loader) // accumulation if train_loader is not None else 0
+    steps_per_epoch = config.steps_per_epoch(len(train_loader), accumulation) if train_loader is not None else 0
     if steps_per_epoch == 0 and not config.evaluate:
         raise UserError(f"the training split yields {len(train_loader)} batch(es) of {config.batch_size} per process, "
                         f"fewer than one optimizer step of {accumulation}; lower --batch-size or "
@@ -290,6 +298,8 @@ def _train(config: TrainConfig, env: DistEnv) -> dict:
         train_model = ddp
     if config.compile:
         train_model = torch.compile(train_model)
+    if config.jit == "script":
+        train_model = script_model(train_model)
 
     run_logger = make_logger(config, env, workspace)
     run = Run(config=config, env=env, model=model, train_model=train_model, ddp=ddp, ema=ema, optimizer=optimizer,
@@ -352,7 +362,7 @@ def fit(run: Run) -> dict:
 
 
 def train_one_epoch(run: Run, stop: StopSignal) -> str:
-    """Optimizer steps from the saved position to the end of the epoch. Returns completed | stopped | prof."""
+    """Optimizer steps from the saved position to the end of the epoch. Returns completed | stopped | run_steps."""
     config, env, p = run.config, run.env, run.progress
     run.train_loader.set_epoch(p.epoch, start_batch=p.step_in_epoch * run.accumulation)
     batches = iter(run.train_loader)
@@ -367,7 +377,7 @@ def train_one_epoch(run: Run, stop: StopSignal) -> str:
 
     outcome = "completed"
     while p.step_in_epoch < run.steps_per_epoch:
-        lr = run.schedule(p.global_step)
+        lr = run.schedule.at(p.epoch, p.step_in_epoch)
         for group in run.optimizer.param_groups:
             group["lr"] = lr
         step_loss = torch.zeros((), device=device)
@@ -387,6 +397,8 @@ def train_one_epoch(run: Run, stop: StopSignal) -> str:
                 loss = F.cross_entropy(logits.float(), targets, label_smoothing=config.label_smoothing)
                 run.scaler.scale(loss / run.accumulation).backward()
             step_loss += loss.detach() / run.accumulation
+            if run.ema is not None and config.ema_update == "micro-batch" and micro < run.accumulation - 1:
+                run.ema.update(run.model, p.global_step * run.accumulation + micro)  # NVIDIA's: every batch
         if config.grad_clip:
             run.scaler.unscale_(run.optimizer)
             nn.utils.clip_grad_norm_(run.model.parameters(), config.grad_clip)
@@ -394,7 +406,8 @@ def train_one_epoch(run: Run, stop: StopSignal) -> str:
         run.scaler.update(None if run.precision == "amp" else 1.0)
         run.optimizer.zero_grad(set_to_none=True)
         if run.ema is not None:
-            run.ema.update(run.model, p.global_step)
+            run.ema.update(run.model, p.global_step * run.accumulation + run.accumulation - 1
+                           if config.ema_update == "micro-batch" else p.global_step)
         run.health.observe(step_loss, p.global_step)
         p.global_step += 1
         p.step_in_epoch += 1
@@ -409,8 +422,8 @@ def train_one_epoch(run: Run, stop: StopSignal) -> str:
         if distributed.any_rank(stop.requested, env):
             outcome = "stopped"
             break
-        if config.prof > 0 and run.steps_this_run >= config.prof:
-            outcome = "prof"
+        if 0 < config.run_steps <= run.steps_this_run:
+            outcome = "run_steps"
             break
         if config.checkpoint_interval and p.global_step % config.checkpoint_interval == 0 \
                 and p.step_in_epoch < run.steps_per_epoch:
@@ -446,7 +459,8 @@ def epoch_train_metrics(run: Run, seconds: float, steps_timed: int) -> dict:
     p, config, env = run.progress, run.config, run.env
     loss = torch.tensor([p.epoch_loss_sum], dtype=torch.float64, device=run.device)
     loss = float(distributed.all_reduce_sum(loss, env)) / env.world_size
-    metrics = {"train.loss": loss / run.steps_per_epoch, "train.lr": run.schedule(max(0, p.global_step - 1)),
+    metrics = {"train.loss": loss / run.steps_per_epoch,
+               "train.lr": run.schedule.at(p.epoch, run.steps_per_epoch - 1),
                "train.epoch_time": seconds}
     if steps_timed:  # a run resumed at an epoch's very end trained nothing to time
         images = steps_timed * config.batch_size * env.world_size * run.accumulation
@@ -460,7 +474,8 @@ def validate(run: Run) -> dict:
     share_rank0_statistics(run)
     max_batches = config.prof if config.prof > 0 else None
     common = dict(device=run.device, precision=run.precision, topk=config.topk, env=run.env,
-                  max_batches=max_batches, num_classes=run.num_classes)
+                  max_batches=max_batches, num_classes=run.num_classes,
+                  label_smoothing=config.val_label_smoothing())
     metrics = evaluate(run.model, run.val_loader, **common)
     data = {f"val.{k}": v for k, v in metrics.items() if not isinstance(v, list)}
     if run.ema is not None:
@@ -521,7 +536,7 @@ def finish(run: Run, reason: str, started: float) -> dict:
 @torch.no_grad()
 def evaluate(model: nn.Module, loader, *, device: torch.device, precision: str = "fp32", topk: int = 5,
              env: DistEnv | None = None, max_batches: int | None = None, confusion: bool = False,
-             num_classes: int | None = None) -> dict:
+             num_classes: int | None = None, label_smoothing: float = 0.0) -> dict:
     """Accuracy, loss (plain cross-entropy), throughput and per-batch latency of `model` on `loader`.
 
     Under torchrun every rank evaluates its own shard and the counts are summed, so each image counts once (a
@@ -551,7 +566,8 @@ def evaluate(model: nn.Module, loader, *, device: torch.device, precision: str =
             raise UserError(f"the model has {logits.shape[1]} outputs but the data has {num_classes} classes.")
         top = logits.topk(min(topk, num_classes), dim=1).indices
         hits = top.eq(labels[:, None])
-        sums += torch.stack([F.cross_entropy(logits, labels, reduction="sum").double(),
+        sums += torch.stack([F.cross_entropy(logits, labels, reduction="sum",
+                                             label_smoothing=label_smoothing).double(),
                              hits[:, 0].sum().double(), hits.any(1).sum().double(),
                              torch.tensor(float(labels.numel()), dtype=torch.float64, device=device)])
         per_class[0] += torch.bincount(labels, minlength=num_classes).double()
@@ -624,7 +640,7 @@ def locate_resume(config: TrainConfig, workspace: Path) -> tuple[Path | None, di
             notices.info(f"--resume auto: no checkpoint in {workspace}, starting from scratch.")
             return None, None
         return found
-    return Path(config.resume), ckpt.read_checkpoint(config.resume)
+    return Path(config.resume), ckpt.read_resume_checkpoint(config.resume)
 
 
 def check_resume_compatible(state: dict, config: TrainConfig, num_classes: int, path: Path) -> None:
@@ -633,7 +649,7 @@ def check_resume_compatible(state: dict, config: TrainConfig, num_classes: int, 
                         f"but this run is a {resolve_arch(config.arch)} with {num_classes}; use the same --arch and "
                         "dataset, or a new --workspace.")
     saved = state.get("config", {})
-    for option in ("optimizer", "bn_weight_decay"):  # they shape the optimizer state the checkpoint holds
+    for option in ("optimizer", "bn_weight_decay", "wd_exempt"):  # they shape the checkpoint's optimizer state
         if option in saved and saved[option] != getattr(config, option):
             flag = "--" + option.replace("_", "-")
             raise UserError(f"checkpoint '{path}' was trained with {flag} {saved[option]}, this run asks for "
@@ -644,22 +660,20 @@ def check_resume_compatible(state: dict, config: TrainConfig, num_classes: int, 
 def build_loaders(config: TrainConfig, env: DistEnv, memory_format: torch.memory_format):
     from .data import create_loader, find_dataset
 
-    common = dict(backend=config.data_backend, image_size=config.image_size, crop_pct=config.crop_pct,
+    common = dict(backend=config.data_backend, image_size=config.image_size, crop_pct=config.eval_crop_pct(),
                   interpolation=config.interpolation, workers=config.workers, prefetch=config.prefetch,
                   device=env.device, memory_format=memory_format, rank=env.rank, world_size=env.world_size,
-                  seed=config.seed, batch_size=config.batch_size)
+                  seed=config.seed, batch_size=config.batch_size, dali_ops=config.dali_ops)
     if config.data_backend == "synthetic":
         num_classes = config.num_classes or 1000
         class_names = [f"class_{i}" for i in range(num_classes)]
         synthetic = dict(common, root=None, num_classes=num_classes,
-                         synthetic_batches_per_epoch=config.synthetic_batches)
+                         synthetic_batches_per_epoch=config.synthetic_epoch())
         train_loader = create_loader(train=True, **synthetic)
         val_loader = None if config.training_only else create_loader(train=False, **synthetic)
         return train_loader, val_loader, class_names
     train_dir, val_dir, class_names = find_dataset(config.data)
-    if config.num_classes is not None and config.num_classes != len(class_names):
-        raise UserError(f"--num-classes {config.num_classes} does not match the {len(class_names)} class folders "
-                        f"in {config.data}; drop --num-classes or fix the dataset.")
+    check_num_classes(config.num_classes, class_names, config.data)
     train_loader = None if config.evaluate else create_loader(root=train_dir, train=True,
                                                                 augmentation=config.augmentation, **common)
     val_loader = None if config.training_only else create_loader(root=val_dir, train=False, **common)
@@ -739,7 +753,7 @@ def training_state(run: Run, rng_states: list) -> dict:
         "global_step": run.progress.global_step, "best_top1": run.progress.best_top1,
         "progress": asdict(run.progress), "metrics": dict(run.last_metrics),
         "config": config.to_dict(),
-        "preprocessing": {"image_size": config.image_size, "crop_pct": config.crop_pct,
+        "preprocessing": {"image_size": config.image_size, "crop_pct": config.eval_crop_pct(),
                           "interpolation": config.interpolation, "mean": list(IMAGENET_MEAN),
                           "std": list(IMAGENET_STD)},
         "rng": rng_states, "world_size": run.env.world_size,
@@ -783,8 +797,7 @@ def save_training_checkpoint(run: Run, is_best: bool = False) -> Path | None:
                 _replace_with_link(path, run.workspace / config.checkpoint_filename)
                 if is_best:
                     _replace_with_link(path, run.workspace / BEST_FILENAME)
-                keep = -1 if config.gather_checkpoints < 0 else max(2, config.gather_checkpoints)
-                ckpt.prune_checkpoints(run.workspace, keep)
+                ckpt.prune_checkpoints(run.workspace, config.checkpoints_to_keep())
             except OSError as err:  # the numbered checkpoint is complete: --resume auto finds it
                 notices.warning(f"warning: wrote {path} but could not update {config.checkpoint_filename} or "
                                 f"prune older checkpoints ({err.strerror or err}).")
@@ -809,6 +822,7 @@ def _replace_with_link(source: Path, target: Path) -> None:
 def restore(state: dict, model: nn.Module, ema: ModelEMA | None, optimizer, scaler, config: TrainConfig,
             env: DistEnv, steps_per_epoch: int) -> Progress:
     """Load a checkpoint into the freshly built objects; returns the position to continue from."""
+    state = ckpt.adapt_nvidia_state(state, model, optimizer, config, env, steps_per_epoch)
     model.load_state_dict(state["model"])
     if ema is not None:
         ema.module.load_state_dict(state["ema"] if state.get("ema") is not None else state["model"])
