@@ -50,7 +50,8 @@ def train_once(embedded: Path, base: Path) -> TrainedRun:
             for image in sorted((embedded / split / name).iterdir())[:count]:
                 shutil.copy(image, data / split / name / image.name)
     workspace = base / "run"
-    config = TrainConfig(**preset("resnext"), data=str(data), arch="resnext_tiny", image_size=IMAGE_SIZE, batch_size=8, epochs=EPOCHS,
+    config = TrainConfig(**preset("resnext"), preset="resnext", data=str(data), arch="resnext_tiny",
+                         image_size=IMAGE_SIZE, batch_size=8, epochs=EPOCHS,
                          warmup=0, lr=0.02, use_ema=0.9, workers=0, seed=0, workspace=str(workspace),
                          gather_checkpoints=-1, tensorboard=False, progress=False, print_freq=100)
     threads = torch.get_num_threads()

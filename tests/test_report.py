@@ -143,7 +143,8 @@ def training_runs(tmp_path_factory, embedded_data) -> dict[str, Path]:
     runs = {name: root / name for name in ("amp", "tf32", "resumed", "partial")}
 
     def run(name: str, **changes) -> None:
-        values = dict(preset("resnext"), data=str(data), workspace=str(runs[name]), arch="resnext_tiny", image_size=32, batch_size=16,
+        values = dict(preset("resnext"), preset="resnext", data=str(data), workspace=str(runs[name]),
+                      arch="resnext_tiny", image_size=32, batch_size=16,
                       workers=0, epochs=EPOCHS, warmup=1, print_freq=1, tensorboard=False, progress=False, seed=1)
         train(TrainConfig(**{**values, **changes}))
 

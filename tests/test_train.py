@@ -22,8 +22,9 @@ from conftest import copy_subset, run_command
 
 def tiny_config(data: Path, workspace: Path, **changes) -> TrainConfig:
     """Our recipe (--preset resnext) on resnext_tiny at 32 px; NVIDIA's semantics are tested in test_nvidia.py."""
-    values = dict(preset("resnext"), data=str(data), workspace=str(workspace), arch="resnext_tiny", image_size=32,
-                  batch_size=16, workers=0, epochs=2, print_freq=5, tensorboard=False, progress=False, seed=3)
+    values = dict(preset("resnext"), preset="resnext", data=str(data), workspace=str(workspace),
+                  arch="resnext_tiny", image_size=32, batch_size=16, workers=0, epochs=2, print_freq=5,
+                  tensorboard=False, progress=False, seed=3)
     values.update(changes)
     values.setdefault("warmup", 1 if values["epochs"] > 1 else 0)
     return TrainConfig(**values)

@@ -127,7 +127,10 @@ def test_every_option_reaches_the_config():
             "--dist-backend", "gloo", "--seed", "11", "--max-nonfinite-steps", "7", "--workspace", "ws",
             "--resume", "auto", "--checkpoint-filename", "last.pt", "--gather-checkpoints", "-1",
             "--checkpoint-interval", "50", "--no-checkpoints", "--training-only", "-p", "3",
-            "--raport-file", "log.json", "--topk", "3", "--no-tensorboard", "--progress"]
+            "--raport-file", "log.json", "--topk", "3", "--no-tensorboard", "--progress", "--dali-ops", "resnext",
+            "--gpu-affinity", "socket", "--trt", "--fused_se", "False", "--pretrained", "--jit", "script",
+            "--run-steps", "4", "--lr-granularity", "step", "--wd-exempt", "bn-and-bias", "--ema-update",
+            "optimizer-step", "--val-loss", "cross-entropy", "--amp"]
     args = build_parser(argv).parse_args(argv)
     config = config_from_args(args)
     expected = dict(data="/data", data_backend="gpu", workers=3, prefetch=4, image_size=160, crop_pct=0.9,
@@ -142,13 +145,17 @@ def test_every_option_reaches_the_config():
                     dist_backend="gloo", seed=11, max_nonfinite_steps=7, workspace="ws", resume="auto",
                     checkpoint_filename="last.pt", gather_checkpoints=-1, checkpoint_interval=50,
                     save_checkpoints=False, training_only=True, print_freq=3, raport_file="log.json", topk=3,
-                    tensorboard=False, progress=True)
+                    tensorboard=False, progress=True, dali_ops="resnext", gpu_affinity="socket", trt=True,
+                    fused_se=False, pretrained=True, jit="script", run_steps=4, lr_granularity="step",
+                    wd_exempt="bn-and-bias", ema_update="optimizer-step", val_loss="cross-entropy", amp=True)
     for field, value in expected.items():
         assert getattr(config, field) == value, field
+    assert set(expected) | {"preset", "evaluate"} == set(TrainConfig.__dataclass_fields__)  # --evaluate excludes
+    # --training-only; the evaluate test covers it
     amp = config_from_args(build_parser(["train"]).parse_args(["train", "/data", "--amp"]))
-    assert amp.precision == "amp"
+    assert amp.amp and amp.training_precision("cuda") == "amp" and amp.training_precision("cpu") == "amp"
     with pytest.raises(UserError, match="--amp conflicts"):
-        config_from_args(build_parser(["train"]).parse_args(["train", "/d", "--amp", "--precision", "fp32"]))
+        config_from_args(build_parser(["train"]).parse_args(["train", "/d", "--amp", "--precision", "fp32"])).validate()
 
 
 def test_preset_then_flags():
@@ -166,8 +173,8 @@ def test_optimizer_options_reach_the_optimizer(small_data, tmp_path):
     assert "square_avg" in next(iter(final_state(tmp_path / "rms")["optimizer"]["state"].values()))
     train(tiny_config(small_data, tmp_path / "sgd", epochs=1, prof=2, training_only=True, nesterov=True))
     groups = final_state(tmp_path / "sgd")["optimizer"]["param_groups"]
-    assert all(g["nesterov"] for g in groups) and groups[0]["weight_decay"] == 1 / 16384
-    assert groups[1]["weight_decay"] == 0.0
+    assert all(g["nesterov"] for g in groups) and groups[1]["weight_decay"] == 1 / 16384
+    assert groups[0]["weight_decay"] == 0.0  # NVIDIA's order: the exempt group first
 
 
 def test_grad_clip_bounds_the_update(small_data, tmp_path):
@@ -196,7 +203,7 @@ def test_mixed_precision_on_cpu(small_data, tmp_path):
 
 
 def test_compile(small_data, tmp_path):
-    summary = train(tiny_config(small_data, tmp_path, epochs=1, prof=1, training_only=True, compile=True))
+    summary = train(tiny_config(small_data, tmp_path, epochs=1, run_steps=1, training_only=True, compile=True))
     assert summary["exit.reason"] == "stopped" and final_state(tmp_path)["global_step"] == 1
     assert not any(k.startswith("_orig_mod") for k in final_state(tmp_path)["model"])  # clean names saved
 
@@ -235,7 +242,7 @@ def test_checkpoint_files_and_retention(small_data, tmp_path):
     assert read_checkpoint(tmp_path / "keep3" / "last.pt")["epoch"] == 4
     assert not (tmp_path / "keep3" / "model_best.pth.tar").exists()  # --training-only: nothing is "best"
     train(tiny_config(small_data, tmp_path / "default", epochs=3, training_only=True))
-    assert len(list_checkpoints(tmp_path / "default")) == 2  # a corrupt newest one always has a predecessor
+    assert len(list_checkpoints(tmp_path / "default")) == 1  # NVIDIA's 0: only the last (and the best)
     train(tiny_config(small_data, tmp_path / "all", epochs=3, training_only=True, gather_checkpoints=-1))
     assert len(list_checkpoints(tmp_path / "all")) == 3
     train(tiny_config(small_data, tmp_path / "none", epochs=1, save_checkpoints=False))

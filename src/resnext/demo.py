@@ -20,8 +20,8 @@ def demo_config(workspace: str | Path, data: str | Path, device: str | None = No
                 seed: int = 0) -> TrainConfig:
     """The demo's settings for the device it runs on: our recipe (--preset resnext) otherwise."""
     on_gpu = (device or ("cuda" if torch.cuda.is_available() else "cpu")).startswith("cuda")
-    common = dict(preset("resnext"), data=str(data), workspace=str(workspace), device=device, seed=seed,
-                  print_freq=20, resume="auto")
+    common = dict(preset("resnext"), preset="resnext", data=str(data), workspace=str(workspace), device=device,
+                  seed=seed, print_freq=20, resume="auto")
     common.pop("arch")
     if on_gpu:
         return TrainConfig(arch="resnext101_32x4d", image_size=64, batch_size=128, epochs=epochs or 10,

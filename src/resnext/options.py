@@ -237,11 +237,14 @@ def check_values(config) -> list[str]:
     return problems
 
 
-def ignored_options(config) -> list[str]:
-    """One line per option set to a non-default value that has no effect in this configuration."""
+def ignored_options(config, baseline: dict | None = None) -> list[str]:
+    """One line per option set to a value other than its default (or its `baseline`, e.g. a preset's) that has no
+    effect in this configuration."""
     lines = []
+    baseline = baseline or {}
     for field, opt in options_of(type(config)):
-        if opt.ignored is None or getattr(config, field.name) == field.default:
+        value = getattr(config, field.name)
+        if opt.ignored is None or value == field.default or (field.name in baseline and value == baseline[field.name]):
             continue
         reason = opt.ignored(config)
         if reason:

@@ -298,12 +298,12 @@ class TrainConfig:
         help="initial fp16 loss scale (NVIDIA's configs: 128)",
         nvidia="default 1: the initial scale of the dynamic fp16 loss scaler (x2 per 100 clean steps)",
         ignored=lambda c: "without fp16 AMP (--amp or --precision amp)"
-        if not (c.amp or c.precision == "amp") else None)
+        if not (c.amp or c.precision in ("amp", "auto")) else None)
     dynamic_loss_scale: bool = option(
         True, "--dynamic-loss-scale", group="precision and speed", kind="toggle", nvidia_parser=None,
         help="grow the fp16 loss scale x2 after 100 clean steps (--no-dynamic-loss-scale: static)",
         ignored=lambda c: "without fp16 AMP (--amp or --precision amp)"
-        if not (c.amp or c.precision == "amp") else None)
+        if not (c.amp or c.precision in ("amp", "auto")) else None)
     compile: bool = option(
         False, "--compile", group="precision and speed", kind="flag", nvidia_parser=None,
         help="torch.compile the model")
@@ -485,7 +485,7 @@ class TrainConfig:
                                 f"--batch-size x processes ({per_step}); each step accumulates "
                                 f"{self.accumulation_steps(world_size)} batches "
                                 f"({self.global_batch(world_size)} images), as NVIDIA's does.")
-        for line in ignored_options(self):
+        for line in ignored_options(self, preset(self.preset) if self.preset in PRESET_NAMES else {}):
             notices.warning(line)
         return self
 
