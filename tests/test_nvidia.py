@@ -307,14 +307,14 @@ def test_resnext_train_continues_an_nvidia_run(small_data, tmp_path, capsys):
                  "--data-backend", "pytorch", "--epochs", "2", "--lr", "0.01", "--momentum", "0.875", "--resume",
                  str(path), "--workspace", str(tmp_path / "ws"), "--no-tensorboard", "--no-progress"])
     assert code == 0, capsys.readouterr().err
-    resume = [e for e in json.loads("[" + ",".join(line[5:] for line in (tmp_path / "ws" / "experiment_raport.json")
-                                                   .read_text().splitlines()) + "]") if e["type"] == "RESUME"]
+    lines = (tmp_path / "ws" / "experiment_raport.json").read_text().splitlines()
+    resume = [entry for entry in (json.loads(line[5:]) for line in lines) if "resume.epoch" in entry.get("data", {})]
     assert resume[0]["data"]["resume.epoch"] == 1  # NVIDIA's start_epoch: the second epoch is trained
     state = final_state(tmp_path / "ws")
     assert (state["epoch"], state["global_step"]) == (2, 20)
     # Another architecture or class count is refused in one line naming both.
-    code = main(["train", str(small_data), "--arch", "resnet50", "--data-backend", "pytorch", "--resume", str(path),
-                 "--workspace", str(tmp_path / "other")])
+    code = main(["train", str(small_data), "--arch", "resnet50", "--data-backend", "pytorch", "-b", "16",
+                 "--resume", str(path), "--workspace", str(tmp_path / "other")])
     error = capsys.readouterr().err
     assert code == 2 and "is a resnext_tiny with 10 classes, but this run is a resnet50 with 10" in error
 
@@ -405,17 +405,19 @@ def test_launch_prints_and_runs_through_torchrun_for_many_processes(capsys):
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("model", MODELS)
-def test_every_mode_runs_on_the_cpu(model, small_data, tmp_path, capsys):
-    # launch.py's lines, with NVIDIA README's `--epochs 1 --prof N` and a batch of 2 at 64 px so a CPU runs them.
-    for mode in MODES:
-        argv = ["launch", "--model", model, "--precision", "AMP", "--mode", mode, "--platform", "DGXA100",
-                str(small_data), "--epochs", "1", "--prof", "1", "-b", "2", "--optimizer-batch-size", "-1",
-                "--image-size", "64", "-j", "0", "--workspace", str(tmp_path / mode), "--no-tensorboard"]
-        assert main(argv) == 0, (mode, capsys.readouterr().err)
-    err = capsys.readouterr().err
-    assert "--gpu-affinity socket_unique_contiguous: this process runs without a GPU" in err
-    assert "--evaluate without weights: validating the freshly initialised model" in err
+@pytest.mark.parametrize("model, mode", [("resnext101-32x4d", mode) for mode in MODES] +
+                         [("resnet50", "convergence"), ("se-resnext101-32x4d", "convergence")])
+def test_configs_lines_run_on_the_cpu(model, mode, small_data, tmp_path, capsys, caplog):
+    # launch.py's line, with NVIDIA README's `--epochs 1 --prof N` and a batch of 2 at 64 px so a CPU runs it.
+    argv = ["launch", "--model", model, "--precision", "AMP", "--mode", mode, "--platform", "DGXA100",
+            str(small_data), "--epochs", "1", "--prof", "1", "-b", "2", "--optimizer-batch-size", "-1",
+            "--image-size", "64", "-j", "0", "--workspace", str(tmp_path), "--no-tensorboard"]
+    with caplog.at_level(logging.INFO, logger="resnext"):
+        assert main(argv) == 0, capsys.readouterr().err
+    assert "--gpu-affinity socket_unique_contiguous: this process runs without a GPU" in caplog.text
+    assert "the classifier has 1000 outputs for 10 class folders" in caplog.text  # configs.yml's num_classes
+    if mode in ("evaluate", "benchmark_inference"):
+        assert "--evaluate without weights: validating the freshly initialised model" in caplog.text
 
 
 # ---- NVIDIA's loop semantics -------------------------------------------------------------------------------
