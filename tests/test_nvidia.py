@@ -465,6 +465,35 @@ def test_validation_loss_is_nvidias_criterion():
     assert TrainConfig(label_smoothing=0.1, val_loss="cross-entropy").val_label_smoothing() == 0.0
 
 
+def test_dali_pipelines_nvidias_and_ours(tmp_path):
+    pytest.importorskip("nvidia.dali")
+    from resnext.data import create_loader
+
+    generator = np.random.default_rng(0)
+    for split in ("train", "val"):
+        for name in ("a", "b"):
+            (tmp_path / split / name).mkdir(parents=True)
+            for index in range(4):  # photographs larger than the crop, not square: resizes shrink them
+                pixels = generator.integers(0, 256, (90, 120, 3), dtype=np.uint8)
+                Image.fromarray(pixels).resize((150, 110)).save(tmp_path / split / name / f"{index}.jpg")
+
+    def first_batch(**options):
+        loader = create_loader("dali-cpu", tmp_path, batch_size=8, image_size=32, workers=1, device="cpu",
+                               **options)
+        loader.set_epoch(0)
+        return next(iter(loader))
+
+    # Evaluation: NVIDIA's resize-shorter to 32 + 32 without antialiasing, then DALI's center crop; ours resizes
+    # with antialiasing and torchvision's rounding. The same images, slightly different pixels.
+    nvidia, labels = first_batch(train=False, crop_pct=0.5, dali_ops="nvidia")
+    ours, same_labels = first_batch(train=False, crop_pct=0.5, dali_ops="resnext")
+    assert nvidia.shape == ours.shape == (8, 3, 32, 32) and torch.equal(labels, same_labels)
+    difference = (nvidia - ours).abs().mean().item()
+    assert 0 < difference < 0.5  # in normalized units (about 0.23 per level of 255 / 0.226 std)
+    images, _ = first_batch(train=True, crop_pct=0.5, dali_ops="nvidia", interpolation="triangular")
+    assert images.shape == (8, 3, 32, 32) and torch.isfinite(images).all()
+
+
 def test_jit_script_trains(small_data, tmp_path):
     summary = train(tiny_config(small_data, tmp_path, epochs=1, run_steps=1, training_only=True, jit="script"))
     assert summary["exit.reason"] == "stopped" and "fc.weight" in final_state(tmp_path)["model"]

@@ -150,7 +150,7 @@ def training_runs(tmp_path_factory, embedded_data) -> dict[str, Path]:
 
     run("amp", precision="amp", use_ema=0.9)
     run("tf32", precision="tf32", lr=0.02)
-    run("resumed", prof=ITERATIONS_PER_EPOCH + 6, checkpoint_interval=1, gather_checkpoints=-1)
+    run("resumed", run_steps=ITERATIONS_PER_EPOCH + 6, checkpoint_interval=1, gather_checkpoints=-1)
     for path in list_checkpoints(runs["resumed"]):
         if int(path.stem.split("-")[2]) > ITERATIONS_PER_EPOCH + 3:
             path.unlink()  # as if the job had died before those writes reached the disk

@@ -85,10 +85,10 @@ def test_resume_after_run_epochs_is_bit_exact(small_data, tmp_path):
 
 
 def test_resume_mid_epoch_is_bit_exact(small_data, tmp_path):
-    # --prof stops after 4 of an epoch's 10 steps and saves; the resumed run continues at step 5.
+    # --run-steps stops after 4 of an epoch's 10 steps and saves; the resumed run continues at step 5.
     options = dict(checkpoint_interval=3, optimizer_batch_size=32, epochs=2)  # 2 micro-batches per step
     train(tiny_config(small_data, tmp_path / "straight", **options))
-    train(tiny_config(small_data, tmp_path / "split", prof=4, **options))
+    train(tiny_config(small_data, tmp_path / "split", run_steps=4, **options))
     stopped = final_state(tmp_path / "split")
     assert (stopped["epoch"], stopped["step_in_epoch"]) == (0, 4)
     train(tiny_config(small_data, tmp_path / "split", resume="auto", **options))
@@ -218,8 +218,8 @@ def test_resume_with_another_optimizer_is_refused(small_data, tmp_path):
 def test_resume_into_a_shorter_epoch_keeps_the_schedule_position(small_data, embedded_data, tmp_path):
     # 10 steps an epoch, stopped at epoch 0 step 5; the dataset then shrinks to 5 steps an epoch: the run goes on
     # at the same fraction of the epoch, with the global step counted in the new epoch length.
-    train(tiny_config(small_data, tmp_path / "ws", epochs=2, prof=5, training_only=True))
+    train(tiny_config(small_data, tmp_path / "ws", epochs=2, run_steps=5, training_only=True))
     smaller = copy_subset(embedded_data, tmp_path / "smaller", 8, 2)
-    train(tiny_config(smaller, tmp_path / "ws", epochs=2, training_only=True, resume="auto", prof=1))
+    train(tiny_config(smaller, tmp_path / "ws", epochs=2, training_only=True, resume="auto", run_steps=1))
     state = final_state(tmp_path / "ws")
     assert (state["epoch"], state["step_in_epoch"], state["global_step"]) == (0, 3, 3)
