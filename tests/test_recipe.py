@@ -25,7 +25,7 @@ def test_resnext_preset_is_nvidias_recipe():
 
 
 def test_lr_scales_linearly_with_global_batch_and_accumulation():
-    config = TrainConfig(batch_size=128, optimizer_batch_size=1024)
+    config = TrainConfig(batch_size=128, optimizer_batch_size=1024, lr=None)  # ours: scaled (--preset resnext)
     assert config.accumulation_steps(world_size=2) == 4
     assert config.global_batch(world_size=2) == 1024
     assert config.peak_lr(world_size=2) == pytest.approx(1.024)
