@@ -25,7 +25,7 @@ def demo_config(workspace: str | Path, data: str | Path, device: str | None = No
     common.pop("arch")
     if on_gpu:
         return TrainConfig(arch="resnext101_32x4d", image_size=64, batch_size=128, epochs=epochs or 10,
-                           precision="amp", workers=4, **common)
+                           workers=4, **common)  # --precision auto: AMP on the GPU
     return TrainConfig(arch="resnext_tiny", image_size=32, batch_size=64, epochs=epochs or 15,
                        workers=2, **common)
 

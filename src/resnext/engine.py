@@ -51,7 +51,7 @@ class TrainingDiverged(UserError):
 
 
 class CheckpointNotSaved(UserError):
-    """The checkpoint written on the way out (end, preemption, --prof, --run-epochs) failed: the run exits non-zero,
+    """The checkpoint written on the way out (end, preemption, --run-steps, --run-epochs) failed: the run exits non-zero,
     since the steps after the newest checkpoint on disk would otherwise be lost without notice."""
 
     exit_code = 1
@@ -218,7 +218,7 @@ class Run:
     progress: Progress = field(default_factory=Progress)
     last_checkpoint: Path | None = None
     unsaved: str | None = None  # why the latest checkpoint write failed; None once one succeeds
-    steps_this_run: int = 0  # optimizer steps of this invocation (--prof counts them across epochs)
+    steps_this_run: int = 0  # optimizer steps of this invocation (--run-steps counts them across epochs)
     epoch_throughputs: list = field(default_factory=list)  # train.total_ips of the epochs this invocation finished
     last_metrics: dict = field(default_factory=dict)  # the newest validation results, logged names
 

@@ -14,6 +14,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from .errors import UserError
+from .recipe import CONV_INITS
 
 
 @dataclass(frozen=True)
@@ -59,7 +60,6 @@ ALIASES: dict[str, str] = {
     "resnext-tiny": "resnext_tiny",
 }
 
-CONV_INITS = ("fan_in", "fan_out")
 
 
 class SqueezeExcite(nn.Module):

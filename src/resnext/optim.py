@@ -86,20 +86,25 @@ class LRSchedule:
     def at(self, epoch: int, step_in_epoch: int = 0) -> float:
         """LR for the optimizer step `step_in_epoch` (0-based) of `epoch` (0-based)."""
         if self.granularity == "step":
-            return self.policy(epoch + step_in_epoch / self.steps_per_epoch, 1.0 / self.steps_per_epoch)
-        return self.policy(epoch, 1.0)
+            return self.policy(epoch * self.steps_per_epoch + step_in_epoch, self.steps_per_epoch)
+        return self.policy(epoch, 1)
 
     def __call__(self, global_step: int) -> float:
         """LR for optimizer step `global_step` of a run whose every epoch has steps_per_epoch steps."""
         return self.at(*divmod(global_step, self.steps_per_epoch))
 
-    def policy(self, t: float, unit: float = 1.0) -> float:
-        """NVIDIA's policy at epoch position t; the warm-up counts the unit in progress ((t + unit) / warmup)."""
-        if t < self.warmup_epochs:
-            return self.peak * (t + unit) / self.warmup_epochs
+    def policy(self, position: int, per_epoch: int = 1) -> float:
+        """NVIDIA's policy at `position`, counted in units of 1 / per_epoch epoch (1: whole epochs, NVIDIA's).
+
+        Warm-up counts the unit in progress: peak x (position + 1) / (warmup x per_epoch). Integer arithmetic
+        where it can be, so the per-step values are those of a per-step schedule written directly.
+        """
+        warmup = self.warmup_epochs * per_epoch
+        if position < warmup:
+            return self.peak * (position + 1) / warmup
         if self.kind == "step":
-            return self.peak * STEP_FACTOR ** sum(t >= m for m in STEP_MILESTONES)
-        progress = (t - self.warmup_epochs) / (self.epochs - self.warmup_epochs)
+            return self.peak * STEP_FACTOR ** sum(position >= m * per_epoch for m in STEP_MILESTONES)
+        progress = (position - warmup) / ((self.epochs - self.warmup_epochs) * per_epoch)
         if self.kind == "linear":
             return self.peak * (1.0 - progress)  # NVIDIA's linear policy ends at 0 (it has no end LR)
         return self.end + 0.5 * (1.0 + math.cos(math.pi * progress)) * (self.peak - self.end)

@@ -274,7 +274,7 @@ def nvidia_table(config_class, extra_rows: list[tuple[str, str, str, str]] = ())
         spellings = ", ".join(f"`{f}`" for f in opt.all_flags) if opt.kind != "positional" else "`DATA` (positional)"
         nvidia = opt.nvidia or "no such flag"
         ours = f"default {_default_text(field, opt)}: " + (opt.ours or "as NVIDIA's")
-        if not opt.nvidia:
+        if not opt.nvidia or opt.nvidia_parser is None:  # a flag of ours: its help says what it does
             ours = f"default {_default_text(field, opt)}: {opt.help}"
         lines.append(f"| {spellings} | {_cell(nvidia)} | {_cell(ours)} | {_cell(opt.opt_in) if opt.opt_in else ''} |")
     for row in extra_rows:

@@ -28,6 +28,8 @@ LR_SCHEDULES = ("step", "linear", "cosine")
 OPTIMIZERS = ("sgd", "rmsprop")
 DATA_BACKENDS = ("pytorch", "gpu", "dali-cpu", "dali-gpu", "synthetic")
 MEMORY_FORMATS = ("nchw", "nhwc")
+CONV_INITS = ("fan_in", "fan_out")
+AUGMENTATIONS = ("autoaugment",)
 INTERPOLATIONS = ("bilinear", "bicubic")  # what every backend resizes with; DALI also has "triangular"
 DALI_INTERPOLATIONS = INTERPOLATIONS + ("triangular",)
 # NVIDIA's image_classification/gpu_affinity.py AffinityMode names.
@@ -73,7 +75,7 @@ class TrainConfig:
         help="training crop and evaluation size in pixels",
         nvidia="default: the model's (224 for these models)")
     crop_pct: float | None = option(
-        None, "--crop-pct", group="data", type=float, low=0.0, high=1.0, low_open=True, none=True,
+        None, "--crop-pct", group="data", type=float, low=0.0, high=1.0, low_open=True, none=True, nvidia_parser=None,
         help="ours: evaluation resizes the shorter side to image size / crop pct; default: NVIDIA's image size + 32",
         nvidia="no such flag: evaluation resizes the shorter side to image size + 32, then center-crops",
         opt_in="`--crop-pct 0.875` (timm's convention: the same 256 -> 224 at 224, scales with the size)")
@@ -82,7 +84,7 @@ class TrainConfig:
         help="resize filter: bilinear, bicubic, or triangular (DALI backends only)",
         nvidia="default `bilinear`: bilinear, bicubic, or triangular (DALI only)")
     augmentation: str | None = option(
-        None, "--augmentation", group="data", choices=("autoaugment",), none=True,
+        None, "--augmentation", group="data", choices=AUGMENTATIONS, none=True,
         help="autoaugment: NVIDIA's ImageNet AutoAugment policy (pytorch and gpu backends)",
         nvidia="default none; `autoaugment`: NVIDIA's own 25-sub-policy ImageNet AutoAugment (PyTorch loader only)",
         ours="same policy, also on the gpu backend; drawn per sample from the seed, so resume repeats it")
@@ -119,7 +121,7 @@ class TrainConfig:
         ours="default: the number of class folders (1000 on ImageNet, as NVIDIA's); a larger count works as "
              "NVIDIA's does (outputs no label reaches), a smaller one is refused")
     conv_init: str = option(
-        "fan_in", "--conv_init", group="model", choices=("fan_in", "fan_out"), nvidia_parser="model",
+        "fan_in", "--conv_init", group="model", choices=CONV_INITS, nvidia_parser="model",
         aliases=("--conv-init",), help="kaiming-normal mode of the convolutions",
         nvidia="default `fan_in`: kaiming-normal mode of the convolutions")
     last_bn_0_init: bool = option(
@@ -367,7 +369,8 @@ class TrainConfig:
         help="skip validation", nvidia="off: skip validation")
     print_freq: int = option(
         10, "-p", "--print-freq", group="checkpoints and logs", type=int, low=1,
-        help="log every N optimizer steps", nvidia="default 10: log every N iterations")
+        help="log every N optimizer steps", nvidia="default 10: log every N iterations (batches)",
+        ours="counts optimizer steps: the same as NVIDIA's batches without gradient accumulation")
     raport_file: str = option(
         "experiment_raport.json", "--raport-file", group="checkpoints and logs", type=str,
         help="DLLogger JSON-lines file name", nvidia="default `experiment_raport.json`: DLLogger JSON file")

@@ -22,6 +22,7 @@ from torch import Tensor
 from torchvision.transforms import InterpolationMode
 
 from ..errors import UserError
+from ..recipe import AUGMENTATIONS as TRAIN_AUGMENTATIONS
 from .decode import UnreadableImageError, load_image, to_rgb
 
 __all__ = ["IMAGENET_MEAN", "IMAGENET_STD", "INTERPOLATIONS", "AUGMENTATIONS", "UnreadableImageError", "load_image",
@@ -33,7 +34,7 @@ IMAGENET_STD = (0.229, 0.224, 0.225)
 CROP_SCALE = (0.08, 1.0)
 CROP_RATIO = (3 / 4, 4 / 3)
 INTERPOLATIONS = {"bilinear": InterpolationMode.BILINEAR, "bicubic": InterpolationMode.BICUBIC}
-AUGMENTATIONS = (None, "autoaugment")
+AUGMENTATIONS = (None, *TRAIN_AUGMENTATIONS)
 
 
 def interpolation_mode(name: str) -> InterpolationMode:
