@@ -187,10 +187,11 @@ def test_resume_refuses_another_architecture(small_data, tmp_path):
 
 
 def test_corrupt_newest_checkpoint_is_skipped(small_data, tmp_path, caplog):
-    train(tiny_config(small_data, tmp_path, epochs=2, training_only=True))
+    train(tiny_config(small_data, tmp_path, epochs=2, training_only=True, gather_checkpoints=2))
     newest, previous = list_checkpoints(tmp_path)[:2]
     newest.write_bytes(newest.read_bytes()[: newest.stat().st_size // 2])  # torn by a disk fault
-    summary = train(tiny_config(small_data, tmp_path, epochs=2, training_only=True, resume="auto"))
+    summary = train(tiny_config(small_data, tmp_path, epochs=2, training_only=True, resume="auto",
+                                gather_checkpoints=2))
     assert "skipping unreadable checkpoint" in caplog.text and newest.name in caplog.text
     resume = [e for e in log_entries(tmp_path) if e["step"] == "RESUME"][-1]["data"]
     assert resume["resume.checkpoint"] == str(previous) and resume["resume.epoch"] == 1
