@@ -76,7 +76,7 @@ class TrainConfig:
         nvidia="default: the model's (224 for these models)")
     crop_pct: float | None = option(
         None, "--crop-pct", group="data", type=float, low=0.0, high=1.0, low_open=True, none=True, nvidia_parser=None,
-        help="ours: evaluation resizes the shorter side to image size / crop pct; default: NVIDIA's image size + 32",
+        help="evaluation resizes the shorter side to image size / crop pct (ours); default: NVIDIA's image size + 32",
         nvidia="no such flag: evaluation resizes the shorter side to image size + 32, then center-crops",
         opt_in="`--crop-pct 0.875` (timm's convention: the same 256 -> 224 at 224, scales with the size)")
     interpolation: str = option(
@@ -118,8 +118,8 @@ class TrainConfig:
         aliases=("--num-classes",),
         help="classifier outputs; default: the number of class folders (1000 for synthetic); may exceed it",
         nvidia="default 1000: classifier outputs",
-        ours="default: the number of class folders (1000 on ImageNet, as NVIDIA's); a larger count works as "
-             "NVIDIA's does (outputs no label reaches), a smaller one is refused")
+        ours="the number of class folders when not given (1000 on ImageNet, as NVIDIA's); a larger count works "
+             "as NVIDIA's does (outputs no label reaches), a smaller one is refused")
     conv_init: str = option(
         "fan_in", "--conv_init", group="model", choices=CONV_INITS, nvidia_parser="model",
         aliases=("--conv-init",), help="kaiming-normal mode of the convolutions",
