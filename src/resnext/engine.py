@@ -51,8 +51,8 @@ class TrainingDiverged(UserError):
 
 
 class CheckpointNotSaved(UserError):
-    """The checkpoint written on the way out (end, preemption, --run-steps, --run-epochs) failed: the run exits non-zero,
-    since the steps after the newest checkpoint on disk would otherwise be lost without notice."""
+    """The checkpoint written on the way out (end, preemption, --run-steps, --run-epochs) failed: the run exits
+    non-zero, since the steps after the newest checkpoint on disk would otherwise be lost without notice."""
 
     exit_code = 1
 
@@ -537,7 +537,8 @@ def finish(run: Run, reason: str, started: float) -> dict:
 def evaluate(model: nn.Module, loader, *, device: torch.device, precision: str = "fp32", topk: int = 5,
              env: DistEnv | None = None, max_batches: int | None = None, confusion: bool = False,
              num_classes: int | None = None, label_smoothing: float = 0.0) -> dict:
-    """Accuracy, loss (plain cross-entropy), throughput and per-batch latency of `model` on `loader`.
+    """Accuracy, loss (cross-entropy; with `label_smoothing`, NVIDIA's smoothed criterion), throughput and per-batch
+    latency of `model` on `loader`.
 
     Under torchrun every rank evaluates its own shard and the counts are summed, so each image counts once (a
     rank whose shard is empty still joins every sum). Latency percentiles are this rank's batches;
