@@ -354,6 +354,33 @@ def test_launch_expands_configs_as_launch_py():
         expand("resnet50", "AMP", "convergence", "DGXH100")
 
 
+def test_launch_reads_a_users_configs_yml(tmp_path, capsys):
+    pytest.importorskip("yaml")
+    (tmp_path / "configs.yml").write_text("""
+precision:
+    AMP: {static_loss_scale: 128, amp: True}
+platform:
+    LAB: {workers: 3, gpu_affinity: socket}
+mode:
+    quick: &quick {print_freq: 1, epochs: 2}
+    quicker: {<<: *quick, epochs: 1, prof: 5}
+anchors:
+    base: &base {lr: 0.5, lr_schedule: cosine, warmup: 1}
+models:
+    resnext101-32x4d:
+        LAB:
+            AMP: {<<: *base, arch: resnext101-32x4d, batch_size: 32}
+""")
+    assert expand("resnext101-32x4d", "amp", "quicker", "LAB", tmp_path / "configs.yml") == {
+        "static_loss_scale": 128, "amp": True, "workers": 3, "gpu_affinity": "socket", "lr": 0.5,
+        "lr_schedule": "cosine", "warmup": 1, "arch": "resnext101-32x4d", "batch_size": 32, "print_freq": 1,
+        "epochs": 1, "prof": 5}
+    (tmp_path / "broken.yml").write_text("precision: [unclosed")
+    assert main(["launch", "--cfg_file", str(tmp_path / "broken.yml"), "--model", "m", "--precision", "AMP",
+                 "--mode", "quick", "--platform", "LAB", "/d"]) == 2
+    assert "is not valid YAML" in capsys.readouterr().err
+
+
 @pytest.mark.skipif(not NVIDIA_CONFIGS.exists(), reason="needs a local copy of NVIDIA's repository")
 def test_shipped_values_equal_nvidias_configs_yml(tmp_path):
     text = subprocess.run(["git", "-C", str(NVIDIA_CONFIGS / "repo"), "show",

@@ -39,7 +39,7 @@ def load_configs(path: str | os.PathLike | None = None) -> dict:
         try:
             import yaml
         except ImportError:
-            raise UserError("reading a YAML --cfg_file needs PyYAML: pip install pyyaml.") from None
+            raise UserError("reading a YAML --cfg_file needs PyYAML: pip install 'resnext[nvidia]'.") from None
         try:
             content = yaml.safe_load(text)  # anchors and `<<` merge keys, as NVIDIA's FullLoader reads them
         except yaml.YAMLError as err:
