@@ -234,8 +234,8 @@ class Run:
 def train(config: TrainConfig) -> dict:
     """Run (or continue) a training job described by `config`; returns the run summary."""
     env = distributed.setup(config.device, config.dist_backend)
-    set_gpu_affinity(config.gpu_affinity, env)
     try:
+        set_gpu_affinity(config.gpu_affinity, env)  # before the data workers start: they inherit it
         return _train(config, env)
     finally:
         distributed.teardown(env)
