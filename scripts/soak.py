@@ -97,11 +97,10 @@ def main(argv: list[str] | None = None) -> int:
     data = embedded.materialize()
     temporary = tempfile.TemporaryDirectory(prefix="resnext-soak-") if args.workspace is None else None
     workspace = args.workspace or Path(temporary.name)
-    config = TrainConfig(**preset("resnext"), preset="resnext", data=str(data), arch=args.arch,
-                         image_size=args.image_size, batch_size=args.batch_size,
-                         workers=args.workers, epochs=100_000, warmup=0, lr=0.05, device=str(device),
-                         workspace=str(workspace), checkpoint_interval=args.checkpoint_interval, print_freq=1000,
-                         tensorboard=False, progress=False)
+    config = TrainConfig(**{**preset("resnext"), **dict(
+        preset="resnext", data=str(data), arch=args.arch, image_size=args.image_size, batch_size=args.batch_size,
+        workers=args.workers, epochs=100_000, warmup=0, lr=0.05, device=str(device), workspace=str(workspace),
+        checkpoint_interval=args.checkpoint_interval, print_freq=1000, tensorboard=False, progress=False)})
     rows: list[dict] = []
     started = time.time()
     done = threading.Event()
