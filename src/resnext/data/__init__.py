@@ -41,7 +41,7 @@ def create_loader(backend: str, root: str | os.PathLike | None = None, *, train:
                   memory_format: torch.memory_format = torch.contiguous_format, rank: int = 0, world_size: int = 1,
                   seed: int = 0, drop_last: bool | None = None, num_classes: int | None = None,
                   augmentation: str | None = None, prefetch: int = 2, synthetic_batches_per_epoch: int = 100,
-                  dali_ops: str = "nvidia"):
+                  dali_ops: str = "resnext"):
     """A loader of (images, labels) device batches; see docs/ARCHITECTURE.md "Data contract".
 
     backend: pytorch | gpu | dali-cpu | dali-gpu | synthetic.
@@ -56,8 +56,8 @@ def create_loader(backend: str, root: str | os.PathLike | None = None, *, train:
         the number of class folders.
     augmentation: None or "autoaugment" (pytorch and gpu backends).
     synthetic_batches_per_epoch: len() of the synthetic loader.
-    dali_ops: the DALI backends' pipeline: "nvidia" (NVIDIA's operators and parameters) or "resnext" (the same
-        pixels as the pytorch backend; see data/dali.py).
+    dali_ops: the DALI backends' pipeline: "resnext" (the same pixels as the pytorch backend) or "nvidia"
+        (NVIDIA's operators and parameters, what `resnext train` runs by default); see data/dali.py.
     """
     if backend not in BACKENDS:
         close = difflib.get_close_matches(str(backend), BACKENDS, n=1)

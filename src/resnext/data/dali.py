@@ -2,13 +2,13 @@
 
 Install with `pip install 'resnext[dali]'`. Two pipelines (`ops`):
 
-- "nvidia" (default; NVIDIA's HybridTrainPipe / HybridValPipe in image_classification/dataloaders.py). Train:
+- "nvidia" (`resnext train`'s default, --dali-ops; NVIDIA's HybridTrainPipe / HybridValPipe in image_classification/dataloaders.py). Train:
   decode (`dali-cpu`: on the CPU; `dali-gpu`: nvJPEG "mixed"), `random_resized_crop` to image_size (area 0.08-1,
   aspect 3/4-4/3, 100 attempts, no antialiasing) where the decoder put the image, `crop_mirror_normalize` with a
   coin-flip mirror. Eval: the "mixed" decoder for both backends, `resize` of the shorter side to image size + 32
   (image_size / crop_pct with --crop-pct) without antialiasing, DALI's center crop. On a machine without a GPU
   everything runs on the CPU.
-- "resnext" (ours, `--dali-ops resnext`): the same pixels as the pytorch backend would crop. Train:
+- "resnext" (ours: create_loader's default, evaluate / data compare, `--dali-ops resnext`): the same pixels as the pytorch backend would crop. Train:
   `decoders.image_random_crop` (the same crop parameters), antialiased `resize`; eval: decode, antialiased resize
   of the shorter side to round(image_size / crop_pct) and a center crop with torchvision's rounding. `dali-gpu`
   decodes and resizes on the GPU, `dali-cpu` on the CPU.
@@ -66,7 +66,7 @@ class DaliLoader(SkipRecorder):
     def __init__(self, folder: ImageFolder, *, decode_on_gpu: bool, train: bool, batch_size: int, image_size: int,
                  crop_pct: float, interpolation: str, workers: int, device: torch.device,
                  memory_format: torch.memory_format, rank: int, world_size: int, seed: int, drop_last: bool,
-                 prefetch: int, ops: str = "nvidia"):
+                 prefetch: int, ops: str = "resnext"):
         if ops not in ("nvidia", "resnext"):
             raise UserError(f"unknown DALI pipeline '{ops}'; choose nvidia or resnext.")
         self.ops = ops
