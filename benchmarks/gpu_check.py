@@ -66,7 +66,8 @@ def train_command(compile_: bool) -> list[str]:
     """`resnext train` itself on synthetic data (issue 3's check): its log is read back like the benchmark's."""
     steps = "6" if QUICK else "60"
     workspace = WORK / ("train-compile" if compile_ else "train-eager")
-    return [*RESNEXT, "train", "--data-backend", "synthetic", *MODEL, "-b", BATCH, "--epochs", "1",
+    return [*RESNEXT, "train", "--preset", "resnext", "--data-backend", "synthetic", *MODEL, "-b", BATCH,
+            "--epochs", "1",
             "--synthetic-batches", steps, "--prof", steps, "-p", "2" if QUICK else "10", "--training-only",
             "--no-checkpoints", "--no-tensorboard", "--workspace", str(workspace)] + (["--compile"] if compile_ else [])
 

@@ -90,17 +90,17 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
 
     from resnext.data import embedded
+    from resnext.recipe import TrainConfig, preset
     from resnext.training import train
-    from resnext.recipe import TrainConfig
 
     device = torch.device(args.device or ("cuda" if torch.cuda.is_available() else "cpu"))
     data = embedded.materialize()
     temporary = tempfile.TemporaryDirectory(prefix="resnext-soak-") if args.workspace is None else None
     workspace = args.workspace or Path(temporary.name)
-    config = TrainConfig(data=str(data), arch=args.arch, image_size=args.image_size, batch_size=args.batch_size,
-                         workers=args.workers, epochs=100_000, warmup=0, lr=0.05, device=str(device),
-                         workspace=str(workspace), checkpoint_interval=args.checkpoint_interval, print_freq=1000,
-                         tensorboard=False, progress=False)
+    config = TrainConfig(**{**preset("resnext"), **dict(
+        preset="resnext", data=str(data), arch=args.arch, image_size=args.image_size, batch_size=args.batch_size,
+        workers=args.workers, epochs=100_000, warmup=0, lr=0.05, device=str(device), workspace=str(workspace),
+        checkpoint_interval=args.checkpoint_interval, print_freq=1000, tensorboard=False, progress=False)})
     rows: list[dict] = []
     started = time.time()
     done = threading.Event()

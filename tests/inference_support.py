@@ -39,8 +39,8 @@ def train_once(embedded: Path, base: Path) -> TrainedRun:
     """Train on a subset of `embedded` into `base` (once per process and base folder)."""
     if base in _RUNS:
         return _RUNS[base]
+    from resnext.recipe import TrainConfig, preset
     from resnext.training import train
-    from resnext.recipe import TrainConfig
     from resnext.report import read_log
 
     data = base / "data"
@@ -50,9 +50,10 @@ def train_once(embedded: Path, base: Path) -> TrainedRun:
             for image in sorted((embedded / split / name).iterdir())[:count]:
                 shutil.copy(image, data / split / name / image.name)
     workspace = base / "run"
-    config = TrainConfig(data=str(data), arch="resnext_tiny", image_size=IMAGE_SIZE, batch_size=8, epochs=EPOCHS,
-                         warmup=0, lr=0.02, use_ema=0.9, workers=0, seed=0, workspace=str(workspace),
-                         gather_checkpoints=-1, tensorboard=False, progress=False, print_freq=100)
+    config = TrainConfig(**{**preset("resnext"), **dict(
+        preset="resnext", data=str(data), arch="resnext_tiny", image_size=IMAGE_SIZE, batch_size=8, epochs=EPOCHS,
+        warmup=0, lr=0.02, use_ema=0.9, workers=0, seed=0, workspace=str(workspace), gather_checkpoints=-1,
+        tensorboard=False, progress=False, print_freq=100)})
     threads = torch.get_num_threads()
     torch.set_num_threads(1)  # tiny convolutions: one thread is several times faster than two fighting for cores
     try:

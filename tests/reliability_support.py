@@ -23,9 +23,10 @@ from conftest import copy_subset, kill_tree
 STEPS_PER_EPOCH = 5
 EPOCHS = 3
 TOTAL_STEPS = STEPS_PER_EPOCH * EPOCHS
-TRAIN_ARGS = ["--arch", "resnext_tiny", "--image-size", "32", "-b", "8", "-j", "0", "--epochs", str(EPOCHS),
+TRAIN_ARGS = ["--preset", "resnext", "--arch", "resnext_tiny", "--image-size", "32", "-b", "8", "-j", "0",
+              "--epochs", str(EPOCHS),
               "--warmup", "1", "--seed", "7", "--print-freq", "1", "--checkpoint-interval", "1", "--use-ema", "0.9",
-              "--mixup", "0.2", "--deterministic", "--no-tensorboard", "--no-progress"]
+              "--mixup", "0.2", "--deterministic", "--no-tensorboard", "--no-progress", "--gather-checkpoints", "2"]
 
 _CACHE: dict[Path, object] = {}
 

@@ -26,7 +26,8 @@ from faults import environment
 from reliability_support import RunsCode
 
 IN_PROCESS, SUBPROCESS, DALI_MISSING = "in-process", "subprocess", "subprocess without DALI"
-TRAIN = "--arch resnext_tiny --image-size 32 -b 8 -j 0 --epochs 1 --no-tensorboard --no-progress --workspace ws"
+TRAIN = ("--arch resnext_tiny --image-size 32 -b 8 -j 0 --epochs 1 --data-backend pytorch --no-tensorboard "
+         "--no-progress --workspace ws")
 
 # (id, command line, part of the one-line error, exit status, how it runs). Placeholders: {data} a good dataset
 # (10 classes), {inputs} the broken inputs made by the `inputs` fixture, {train} the flags of a tiny training run,
@@ -45,16 +46,19 @@ CASES = [
     # train: flags
     ("train-unknown-arch", "train {data} {train} --arch resnext999", "unknown architecture 'resnext999'", 2,
      IN_PROCESS),
-    ("train-zero-batch", "train {data} {train} -b 0", "--batch-size: expected a number >= 1, got 0", 2, IN_PROCESS),
-    ("train-nan-lr", "train {data} {train} --lr nan", "--lr/--learning-rate: expected a finite number, got 'nan'", 2,
+    ("train-zero-batch", "train {data} {train} -b 0", "-b/--batch-size: must be at least 1, got 0", 2, IN_PROCESS),
+    ("train-nan-lr", "train {data} {train} --lr nan", "--lr/--learning-rate: must be a finite number, got nan", 2,
      IN_PROCESS),
-    ("train-momentum-above-1", "train {data} {train} --momentum 1.5", "expected a number between 0 and 1", 2,
+    ("train-momentum-above-1", "train {data} {train} --momentum 1.5", "--momentum: must be in [0, 1), got 1.5", 2,
      IN_PROCESS),
-    ("train-warmup-past-epochs", "train {data} {train} --epochs 2 --warmup 5",
-     "--warmup must be between 0 and --epochs - 1", 2, IN_PROCESS),
-    ("train-optimizer-batch", "train {data} {train} --optimizer-batch-size 100",
-     "must be a multiple of --batch-size x processes", 2, IN_PROCESS),
-    ("train-evaluate-without-weights", "train {data} {train} --evaluate", "--evaluate needs weights", 2, IN_PROCESS),
+    ("train-unknown-affinity", "train {data} {train} --gpu-affinity sockets",
+     "--gpu-affinity: must be one of none, socket, socket_single", 2, IN_PROCESS),
+    ("train-triangular-without-dali", "train {data} {train} --interpolation triangular",
+     "--interpolation triangular exists in DALI only", 2, IN_PROCESS),
+    ("train-optimizer-batch", "train {data} {train} --optimizer-batch-size 4",
+     "is smaller than one batch of all processes", 2, IN_PROCESS),
+    ("train-run-epochs-below-off", "train {data} {train} --run-epochs -2", "--run-epochs: must be at least 0 or -1",
+     2, IN_PROCESS),
     ("train-unknown-device", "train {data} {train} --device tpu0", "is not a device name; use cpu, cuda", 2,
      IN_PROCESS),
     # train: the environment

@@ -12,11 +12,11 @@ from resnext.ema import ModelEMA
 from resnext.errors import UserError
 from resnext.mixup import mixup
 from resnext.optim import LRSchedule, build_optimizer, parameter_groups
-from resnext.recipe import PRESETS, TrainConfig
+from resnext.recipe import PRESETS, TrainConfig, preset
 
 
-def test_defaults_are_nvidias_recipe():
-    config = TrainConfig()
+def test_resnext_preset_is_nvidias_recipe():
+    config = TrainConfig(**preset("resnext"))
     assert config.momentum == 0.875
     assert config.weight_decay == 6.103515625e-05 == 1 / 16384
     assert config.label_smoothing == 0.1
@@ -27,7 +27,7 @@ def test_defaults_are_nvidias_recipe():
 
 
 def test_lr_scales_linearly_with_global_batch_and_accumulation():
-    config = TrainConfig(batch_size=128, optimizer_batch_size=1024)
+    config = TrainConfig(batch_size=128, optimizer_batch_size=1024, lr=None)  # ours: scaled (--preset resnext)
     assert config.accumulation_steps(world_size=2) == 4
     assert config.global_batch(world_size=2) == 1024
     assert config.peak_lr(world_size=2) == pytest.approx(1.024)
@@ -35,26 +35,29 @@ def test_lr_scales_linearly_with_global_batch_and_accumulation():
 
 
 def test_warmup_then_cosine_per_step():
-    schedule = LRSchedule(kind="cosine", peak=1.0, end=0.0, warmup_steps=10, total_steps=110, steps_per_epoch=10)
+    schedule = LRSchedule(kind="cosine", peak=1.0, end=0.0, warmup_epochs=1, epochs=11, steps_per_epoch=10,
+                          granularity="step")
     assert schedule(0) == pytest.approx(0.1)  # first update already moves
     assert schedule(4) == pytest.approx(0.5)
     assert schedule(9) == pytest.approx(1.0)
     assert schedule(10) == pytest.approx(1.0)  # cosine starts at the peak
     assert schedule(60) == pytest.approx(0.5)  # half-way through the decay: cos(pi/2)
     assert schedule(35) == pytest.approx(0.5 * (1 + math.cos(math.pi * 0.25)))
-    assert schedule(110) == pytest.approx(0.0, abs=1e-12)
+    assert schedule(109) == pytest.approx(0.5 * (1 + math.cos(math.pi * 0.99)))
 
 
 def test_cosine_ends_at_end_lr_and_linear_schedule():
-    cosine = LRSchedule(kind="cosine", peak=0.4, end=0.1, warmup_steps=0, total_steps=100, steps_per_epoch=10)
+    cosine = LRSchedule(kind="cosine", peak=0.4, end=0.1, warmup_epochs=0, epochs=10, steps_per_epoch=10,
+                        granularity="step")
     assert cosine(0) == pytest.approx(0.4)
-    assert cosine(100) == pytest.approx(0.1)
-    linear = LRSchedule(kind="linear", peak=0.4, end=0.0, warmup_steps=0, total_steps=100, steps_per_epoch=10)
+    assert cosine.policy(10) == pytest.approx(0.1)
+    linear = LRSchedule(kind="linear", peak=0.4, end=0.0, warmup_epochs=0, epochs=10, steps_per_epoch=10,
+                        granularity="step")
     assert linear(25) == pytest.approx(0.3)
 
 
 def test_step_schedule_uses_nvidias_milestones():
-    schedule = LRSchedule(kind="step", peak=1.0, end=0.0, warmup_steps=0, total_steps=900, steps_per_epoch=10)
+    schedule = LRSchedule(kind="step", peak=1.0, end=0.0, warmup_epochs=0, epochs=90, steps_per_epoch=10)
     assert schedule(299) == pytest.approx(1.0)
     assert schedule(300) == pytest.approx(0.1)   # epoch 30
     assert schedule(600) == pytest.approx(0.01)  # epoch 60
@@ -63,7 +66,7 @@ def test_step_schedule_uses_nvidias_milestones():
 
 def test_weight_decay_skips_bn_and_biases():
     model = resnext.create_model("se_resnext101_32x4d", num_classes=10)
-    decay, no_decay = parameter_groups(model, weight_decay=1 / 16384)
+    no_decay, decay = parameter_groups(model, weight_decay=1 / 16384, exempt="bn-and-bias")
     assert decay["weight_decay"] == 1 / 16384 and no_decay["weight_decay"] == 0
     decayed = {id(p) for p in decay["params"]}
     names = {id(p): n for n, p in model.named_parameters()}
@@ -75,13 +78,13 @@ def test_weight_decay_skips_bn_and_biases():
     assert id(model.fc.bias) not in decayed and id(model.fc.weight) in decayed
     assert id(model.layer1[0].se.fc1.bias) not in decayed
     assert len(decay["params"]) + len(no_decay["params"]) == len(list(model.parameters()))
-    everything, nothing = parameter_groups(model, weight_decay=0.1, bn_weight_decay=True)
-    assert len(nothing["params"]) == 0 and len(everything["params"]) == len(list(model.parameters()))
+    (everything,) = parameter_groups(model, weight_decay=0.1, bn_weight_decay=True)
+    assert len(everything["params"]) == len(list(model.parameters()))
 
 
 def test_sgd_step_applies_weight_decay_and_momentum_by_hand():
     model = torch.nn.Sequential(torch.nn.Linear(2, 1), torch.nn.BatchNorm1d(1))
-    config = TrainConfig(weight_decay=0.5, momentum=0.875)
+    config = TrainConfig(weight_decay=0.5, momentum=0.875, wd_exempt="bn-and-bias")
     optimizer = build_optimizer(config, model, lr=0.1, device=torch.device("cpu"))
     weight = model[0].weight
     before = weight.detach().clone()
@@ -153,7 +156,7 @@ def test_ema_follows_nvidias_decay_rule():
 
 
 def test_fp16_scaler_is_nvidias_dynamic_scaler():
-    config = TrainConfig()
+    config = TrainConfig(static_loss_scale=128)
     cpu = torch.device("cpu")
     optimizer = torch.optim.SGD(torch.nn.Linear(1, 1).parameters(), lr=0.1)
     scaler = make_grad_scaler("amp", cpu, optimizer, init_scale=config.static_loss_scale)
@@ -170,19 +173,20 @@ def test_presets_are_nvidias_configs():
     amp90 = PRESETS["nvidia-90ep-amp"]
     assert amp90["optimizer_batch_size"] == 1024 and amp90["lr"] == 1.024 and amp90["warmup"] == 8
     assert amp90["batch_size"] == 128 and amp90["memory_format"] == "nhwc" and amp90.get("mixup", 0) == 0
-    assert PRESETS["nvidia-250ep-tf32"]["mixup"] == 0.2 and PRESETS["nvidia-250ep-tf32"]["epochs"] == 250
-    assert PRESETS["nvidia-90ep-fp32"]["batch_size"] == 64
+    assert preset("nvidia-250ep-tf32")["mixup"] == 0.2 and preset("nvidia-250ep-tf32")["epochs"] == 250
+    assert preset("nvidia-90ep-fp32")["batch_size"] == 64
+    assert preset("nvidia-90ep-amp")["amp"] and preset("nvidia-90ep-amp")["static_loss_scale"] == 128
     assert all(TrainConfig(data="x", **values).validate(world_size=8) for values in PRESETS.values())
 
 
 @pytest.mark.parametrize("changes, message", [
-    (dict(optimizer_batch_size=1000, batch_size=256), "multiple of --batch-size"),
-    (dict(warmup=90), "--warmup"),
+    (dict(optimizer_batch_size=100, batch_size=256), "smaller than one batch"),
+    (dict(warmup=-1), "--warmup"),
     (dict(lr=float("nan")), "finite"),
     (dict(use_ema=1.5), "--use-ema"),
     (dict(precision="fp8"), "--precision"),
     (dict(data=None), "dataset folder is required"),
-    (dict(evaluate=True), "--evaluate needs weights"),
+    (dict(evaluate=True, training_only=True), "--evaluate and --training-only"),
     (dict(label_smoothing=1.0), "--label-smoothing"),
 ])
 def test_impossible_configs_are_one_sentence_errors(changes, message):

@@ -17,7 +17,8 @@ from reliability_support import (assert_identical_training_state, finish, log_ru
                                  tiny_dataset, wait_for_step)
 
 # 40 training images, 2 ranks x 4: 5 optimizer steps per epoch, 2 epochs; a checkpoint every 2 steps.
-ARGS = ["--arch", "resnext_tiny", "--image-size", "32", "-b", "4", "-j", "0", "--epochs", "2", "--warmup", "0",
+ARGS = ["--preset", "resnext", "--arch", "resnext_tiny", "--image-size", "32", "-b", "4", "-j", "0", "--epochs", "2",
+        "--warmup", "0",
         "--seed", "11", "--print-freq", "1", "--checkpoint-interval", "2", "--use-ema", "0.9", "--deterministic",
         "--no-tensorboard", "--no-progress"]
 KILLED_AFTER_STEP = 7  # rank 1 dies after step 7 (0-based), before the checkpoint at global step 8 is written

@@ -79,7 +79,7 @@ def test_resuming_with_other_schedule_options_says_what_changes_in_one_line(tiny
 
     before = LRSchedule(**saved["schedule"])(10)
     after = read_checkpoint(workspace / "checkpoint.pth.tar")["schedule"]
-    assert after["peak"] == 0.5 and after["total_steps"] == 4 * 5  # the command line won
+    assert after["peak"] == 0.5 and after["epochs"] == 4  # the command line won
     assert lines[0] == ("warning: resuming with options that differ from the checkpoint's (--epochs 3 -> 4, --lr default "
                         "-> 0.5): the command line wins; the learning rate at global step 10 is "
                         f"{LRSchedule(**after)(10):.6g} instead of {before:.6g}.")

@@ -136,21 +136,22 @@ def training_runs(tmp_path_factory, embedded_data) -> dict[str, Path]:
     """
     from conftest import copy_subset
     from resnext.checkpoint import list_checkpoints
+    from resnext.recipe import TrainConfig, preset
     from resnext.training import train
-    from resnext.recipe import TrainConfig
 
     root = tmp_path_factory.mktemp("runs")
     data = copy_subset(embedded_data, root / "data", 13, 4)  # 130 training images: 8 batches of 16
     runs = {name: root / name for name in ("amp", "tf32", "resumed", "partial")}
 
     def run(name: str, **changes) -> None:
-        values = dict(data=str(data), workspace=str(runs[name]), arch="resnext_tiny", image_size=32, batch_size=16,
+        values = dict(preset("resnext"), preset="resnext", data=str(data), workspace=str(runs[name]),
+                      arch="resnext_tiny", image_size=32, batch_size=16,
                       workers=0, epochs=EPOCHS, warmup=1, print_freq=1, tensorboard=False, progress=False, seed=1)
         train(TrainConfig(**{**values, **changes}))
 
     run("amp", precision="amp", use_ema=0.9)
     run("tf32", precision="tf32", lr=0.02)
-    run("resumed", prof=ITERATIONS_PER_EPOCH + 6, checkpoint_interval=1, gather_checkpoints=-1)
+    run("resumed", run_steps=ITERATIONS_PER_EPOCH + 6, checkpoint_interval=1, gather_checkpoints=-1)
     for path in list_checkpoints(runs["resumed"]):
         if int(path.stem.split("-")[2]) > ITERATIONS_PER_EPOCH + 3:
             path.unlink()  # as if the job had died before those writes reached the disk

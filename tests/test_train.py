@@ -15,14 +15,16 @@ import torch
 from resnext.checkpoint import list_checkpoints, read_checkpoint
 from resnext.training import train
 from resnext.errors import UserError
-from resnext.recipe import TrainConfig
+from resnext.recipe import TrainConfig, preset
 
 from conftest import copy_subset, run_command
 
 
 def tiny_config(data: Path, workspace: Path, **changes) -> TrainConfig:
-    values = dict(data=str(data), workspace=str(workspace), arch="resnext_tiny", image_size=32, batch_size=16,
-                  workers=0, epochs=2, print_freq=5, tensorboard=False, progress=False, seed=3)
+    """Our recipe (--preset resnext) on resnext_tiny at 32 px; NVIDIA's semantics are tested in test_nvidia.py."""
+    values = dict(preset("resnext"), preset="resnext", data=str(data), workspace=str(workspace),
+                  arch="resnext_tiny", image_size=32, batch_size=16, workers=0, epochs=2, print_freq=5,
+                  tensorboard=False, progress=False, seed=3)
     values.update(changes)
     values.setdefault("warmup", 1 if values["epochs"] > 1 else 0)
     return TrainConfig(**values)
@@ -83,10 +85,10 @@ def test_resume_after_run_epochs_is_bit_exact(small_data, tmp_path):
 
 
 def test_resume_mid_epoch_is_bit_exact(small_data, tmp_path):
-    # --prof stops after 4 of an epoch's 10 steps and saves; the resumed run continues at step 5.
+    # --run-steps stops after 4 of an epoch's 10 steps and saves; the resumed run continues at step 5.
     options = dict(checkpoint_interval=3, optimizer_batch_size=32, epochs=2)  # 2 micro-batches per step
     train(tiny_config(small_data, tmp_path / "straight", **options))
-    train(tiny_config(small_data, tmp_path / "split", prof=4, **options))
+    train(tiny_config(small_data, tmp_path / "split", run_steps=4, **options))
     stopped = final_state(tmp_path / "split")
     assert (stopped["epoch"], stopped["step_in_epoch"]) == (0, 4)
     train(tiny_config(small_data, tmp_path / "split", resume="auto", **options))
@@ -95,7 +97,8 @@ def test_resume_mid_epoch_is_bit_exact(small_data, tmp_path):
 
 def test_sigterm_mid_epoch_saves_and_resumes_exactly(embedded_data, tmp_path):
     data = copy_subset(embedded_data, tmp_path / "data", 64, 4)  # 40 steps per epoch
-    common = [str(data), "--arch", "resnext_tiny", "--image-size", "32", "-b", "16", "-j", "0", "--epochs", "1",
+    common = [str(data), "--preset", "resnext", "--arch", "resnext_tiny", "--image-size", "32", "-b", "16", "-j", "0",
+              "--epochs", "1",
               "--warmup", "0", "--seed", "5", "--print-freq", "1", "--no-tensorboard", "--no-progress"]
     reference = cli("train", *common, "--workspace", str(tmp_path / "straight"))
     assert reference.returncode == 0, reference.stderr
@@ -126,7 +129,8 @@ def test_torchrun_two_ranks_match_one_process_with_twice_the_batch(embedded_data
     # the images inside a batch (the same maths in another float order) moves the weights by ~1e-2 after a dozen
     # steps here, so the comparison stays within the first steps, where float tolerance is meaningful.
     data = copy_subset(embedded_data, tmp_path / "data", 5, 6)  # 50 train images: 3 steps of 16; 60 val images
-    common = ["train", str(data), "--arch", "resnext_tiny", "--image-size", "32", "-j", "0", "--epochs", "1",
+    common = ["train", str(data), "--preset", "resnext", "--arch", "resnext_tiny", "--image-size", "32", "-j", "0",
+              "--epochs", "1",
               "--warmup", "0", "--seed", "1", "--print-freq", "1", "--sync-bn", "--no-tensorboard", "--no-progress",
               "--lr", "0.002"]
     single = cli(*common, "-b", "16", "--workspace", str(tmp_path / "one"))
@@ -183,10 +187,11 @@ def test_resume_refuses_another_architecture(small_data, tmp_path):
 
 
 def test_corrupt_newest_checkpoint_is_skipped(small_data, tmp_path, caplog):
-    train(tiny_config(small_data, tmp_path, epochs=2, training_only=True))
+    train(tiny_config(small_data, tmp_path, epochs=2, training_only=True, gather_checkpoints=2))
     newest, previous = list_checkpoints(tmp_path)[:2]
     newest.write_bytes(newest.read_bytes()[: newest.stat().st_size // 2])  # torn by a disk fault
-    summary = train(tiny_config(small_data, tmp_path, epochs=2, training_only=True, resume="auto"))
+    summary = train(tiny_config(small_data, tmp_path, epochs=2, training_only=True, resume="auto",
+                                gather_checkpoints=2))
     assert "skipping unreadable checkpoint" in caplog.text and newest.name in caplog.text
     resume = [e for e in log_entries(tmp_path) if e["step"] == "RESUME"][-1]["data"]
     assert resume["resume.checkpoint"] == str(previous) and resume["resume.epoch"] == 1
@@ -214,8 +219,8 @@ def test_resume_with_another_optimizer_is_refused(small_data, tmp_path):
 def test_resume_into_a_shorter_epoch_keeps_the_schedule_position(small_data, embedded_data, tmp_path):
     # 10 steps an epoch, stopped at epoch 0 step 5; the dataset then shrinks to 5 steps an epoch: the run goes on
     # at the same fraction of the epoch, with the global step counted in the new epoch length.
-    train(tiny_config(small_data, tmp_path / "ws", epochs=2, prof=5, training_only=True))
+    train(tiny_config(small_data, tmp_path / "ws", epochs=2, run_steps=5, training_only=True))
     smaller = copy_subset(embedded_data, tmp_path / "smaller", 8, 2)
-    train(tiny_config(smaller, tmp_path / "ws", epochs=2, training_only=True, resume="auto", prof=1))
+    train(tiny_config(smaller, tmp_path / "ws", epochs=2, training_only=True, resume="auto", run_steps=1))
     state = final_state(tmp_path / "ws")
     assert (state["epoch"], state["step_in_epoch"], state["global_step"]) == (0, 3, 3)

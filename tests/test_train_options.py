@@ -31,9 +31,11 @@ BEHAVIOUR_TESTS = {
     "--prefetch": "test_train_options.py::test_other_backends_train",
     "--image-size": "test_train_options.py::test_preprocessing_options_are_recorded",
     "--crop-pct": "test_train_options.py::test_preprocessing_options_are_recorded",
-    "--interpolation": "test_train_options.py::test_preprocessing_options_are_recorded",
+    "--interpolation": "test_train_options.py::test_preprocessing_options_are_recorded "
+                       "test_nvidia.py::test_dali_pipelines_nvidias_and_ours",
     "--augmentation": "test_train_options.py::test_other_backends_train",
     "--jpeg-decode": "test_data_fast_paths.py::test_train_jpeg_decode_flag_reaches_the_training_loader",
+    "--join-timeout": "test_reliability_distributed.py::test_a_lost_node_relaunched_rejoins_and_the_job_ends_bit_exact",
     "--synthetic-batches": "test_train_options.py::test_other_backends_train",
     "--arch": "test_train.py::test_resume_refuses_another_architecture",
     "--num_classes": "test_train_options.py::test_other_backends_train",
@@ -42,9 +44,22 @@ BEHAVIOUR_TESTS = {
     "--pretrained-from-file": "test_train_options.py::test_fine_tune_from_pretrained_file",
     "--ignore-head": "test_train_options.py::test_fine_tune_from_pretrained_file",
     "--epochs": "test_train.py::test_resume_after_run_epochs_is_bit_exact",
-    "--run-epochs": "test_train.py::test_resume_after_run_epochs_is_bit_exact",
+    "--run-epochs": "test_train.py::test_resume_after_run_epochs_is_bit_exact "
+                    "test_nvidia.py::test_prof_trains_the_first_batches_of_every_epoch",
     "--early-stopping-patience": "test_train_options.py::test_early_stopping",
-    "--prof": "test_train.py::test_resume_mid_epoch_is_bit_exact",
+    "--prof": "test_nvidia.py::test_prof_trains_the_first_batches_of_every_epoch",
+    "--run-steps": "test_train.py::test_resume_mid_epoch_is_bit_exact",
+    "--dali-ops": "test_nvidia.py::test_dali_pipelines_nvidias_and_ours",
+    "--gpu-affinity": "test_nvidia.py::test_affinity_modes test_nvidia.py::test_affinity_without_a_gpu_is_one_notice",
+    "--trt": "test_nvidia.py::test_trt_and_fused_se_compute_the_same_function",
+    "--fused_se": "test_nvidia.py::test_trt_and_fused_se_compute_the_same_function",
+    "--pretrained": "test_nvidia.py::test_pretrained_offline_is_one_line",
+    "--jit": "test_nvidia.py::test_jit_script_trains",
+    "--lr-granularity": "test_nvidia.py::test_per_step_lr_is_our_opt_in "
+                        "test_nvidia.py::test_a_run_logs_one_lr_per_epoch",
+    "--wd-exempt": "test_nvidia.py::test_weight_decay_groups_are_nvidias_name_filter",
+    "--ema-update": "test_nvidia.py::test_ema_moves_after_every_micro_batch",
+    "--val-loss": "test_nvidia.py::test_validation_loss_is_nvidias_criterion",
     "--batch-size": "test_train.py::test_torchrun_two_ranks_match_one_process_with_twice_the_batch",
     "--optimizer-batch-size": "test_train.py::test_resume_mid_epoch_is_bit_exact",
     "--lr": "test_train.py::test_training_learns_the_embedded_dataset",
@@ -129,7 +144,11 @@ def test_every_option_reaches_the_config():
             "--dist-backend", "gloo", "--seed", "11", "--max-nonfinite-steps", "7", "--workspace", "ws",
             "--resume", "auto", "--checkpoint-filename", "last.pt", "--gather-checkpoints", "-1",
             "--checkpoint-interval", "50", "--no-checkpoints", "--training-only", "-p", "3",
-            "--raport-file", "log.json", "--topk", "3", "--no-tensorboard", "--progress"]
+            "--raport-file", "log.json", "--topk", "3", "--no-tensorboard", "--progress", "--dali-ops", "resnext",
+            "--gpu-affinity", "socket", "--trt", "--fused_se", "False", "--pretrained", "--jit", "script",
+            "--run-steps", "4", "--lr-granularity", "step", "--wd-exempt", "bn-and-bias", "--ema-update",
+            "optimizer-step", "--val-loss", "cross-entropy", "--amp", "--jpeg-decode", "scaled",
+            "--join-timeout", "30"]
     args = build_parser(argv).parse_args(argv)
     config = config_from_args(args)
     expected = dict(data="/data", data_backend="gpu", workers=3, prefetch=4, image_size=160, crop_pct=0.9,
@@ -141,16 +160,20 @@ def test_every_option_reaches_the_config():
                     bn_weight_decay=True, rmsprop_alpha=0.8, rmsprop_eps=0.01, nesterov=True, grad_clip=2.5,
                     use_ema=0.999, precision="amp-bf16", memory_format="nhwc", static_loss_scale=64,
                     dynamic_loss_scale=False, compile=True, sync_bn=True, deterministic=True, device="cpu",
-                    dist_backend="gloo", seed=11, max_nonfinite_steps=7, workspace="ws", resume="auto",
+                    dist_backend="gloo", join_timeout=30, jpeg_decode="scaled", seed=11, max_nonfinite_steps=7, workspace="ws", resume="auto",
                     checkpoint_filename="last.pt", gather_checkpoints=-1, checkpoint_interval=50,
                     save_checkpoints=False, training_only=True, print_freq=3, raport_file="log.json", topk=3,
-                    tensorboard=False, progress=True)
+                    tensorboard=False, progress=True, dali_ops="resnext", gpu_affinity="socket", trt=True,
+                    fused_se=False, pretrained=True, jit="script", run_steps=4, lr_granularity="step",
+                    wd_exempt="bn-and-bias", ema_update="optimizer-step", val_loss="cross-entropy", amp=True)
     for field, value in expected.items():
         assert getattr(config, field) == value, field
+    assert set(expected) | {"preset", "evaluate"} == set(TrainConfig.__dataclass_fields__)  # --evaluate excludes
+    # --training-only; the evaluate test covers it
     amp = config_from_args(build_parser(["train"]).parse_args(["train", "/data", "--amp"]))
-    assert amp.precision == "amp"
+    assert amp.amp and amp.training_precision("cuda") == "amp" and amp.training_precision("cpu") == "amp"
     with pytest.raises(UserError, match="--amp conflicts"):
-        config_from_args(build_parser(["train"]).parse_args(["train", "/d", "--amp", "--precision", "fp32"]))
+        config_from_args(build_parser(["train"]).parse_args(["train", "/d", "--amp", "--precision", "fp32"])).validate()
 
 
 def test_preset_then_flags():
@@ -168,8 +191,8 @@ def test_optimizer_options_reach_the_optimizer(small_data, tmp_path):
     assert "square_avg" in next(iter(final_state(tmp_path / "rms")["optimizer"]["state"].values()))
     train(tiny_config(small_data, tmp_path / "sgd", epochs=1, prof=2, training_only=True, nesterov=True))
     groups = final_state(tmp_path / "sgd")["optimizer"]["param_groups"]
-    assert all(g["nesterov"] for g in groups) and groups[0]["weight_decay"] == 1 / 16384
-    assert groups[1]["weight_decay"] == 0.0
+    assert all(g["nesterov"] for g in groups) and groups[1]["weight_decay"] == 1 / 16384
+    assert groups[0]["weight_decay"] == 0.0  # NVIDIA's order: the exempt group first
 
 
 def test_grad_clip_bounds_the_update(small_data, tmp_path):
@@ -198,7 +221,7 @@ def test_mixed_precision_on_cpu(small_data, tmp_path):
 
 
 def test_compile(small_data, tmp_path):
-    summary = train(tiny_config(small_data, tmp_path, epochs=1, prof=1, training_only=True, compile=True))
+    summary = train(tiny_config(small_data, tmp_path, epochs=1, run_steps=1, training_only=True, compile=True))
     assert summary["exit.reason"] == "stopped" and final_state(tmp_path)["global_step"] == 1
     assert not any(k.startswith("_orig_mod") for k in final_state(tmp_path)["model"])  # clean names saved
 
@@ -237,7 +260,7 @@ def test_checkpoint_files_and_retention(small_data, tmp_path):
     assert read_checkpoint(tmp_path / "keep3" / "last.pt")["epoch"] == 4
     assert not (tmp_path / "keep3" / "model_best.pth.tar").exists()  # --training-only: nothing is "best"
     train(tiny_config(small_data, tmp_path / "default", epochs=3, training_only=True))
-    assert len(list_checkpoints(tmp_path / "default")) == 2  # a corrupt newest one always has a predecessor
+    assert len(list_checkpoints(tmp_path / "default")) == 1  # NVIDIA's 0: only the last (and the best)
     train(tiny_config(small_data, tmp_path / "all", epochs=3, training_only=True, gather_checkpoints=-1))
     assert len(list_checkpoints(tmp_path / "all")) == 3
     train(tiny_config(small_data, tmp_path / "none", epochs=1, save_checkpoints=False))

@@ -390,8 +390,10 @@ def test_public_sources_are_complete():
     assert PRETRAINED["nvidia-ngc"].url.endswith("/versions/20.06.0/files/nvidia_resnext101-32x4d_200821.pth.tar")
     assert "CC-BY-NC" in PRETRAINED["timm-ssl"].licence and "CC-BY-NC" in PRETRAINED["timm-swsl"].licence
     assert weights_module.default_source("resnext101-32x4d").name == "nvidia-ngc"
-    with pytest.raises(UserError, match="no public pretrained weights are known for resnet50"):
-        weights_module.default_source("resnet50")
+    assert weights_module.default_source("resnet50").name == "nvidia-ngc-resnet50"  # NVIDIA's --pretrained files
+    assert weights_module.default_source("se-resnext101-32x4d").name == "nvidia-ngc-se-resnext101"
+    with pytest.raises(UserError, match="no public pretrained weights are known for resnext50_32x4d"):
+        weights_module.default_source("resnext50_32x4d")
 
 
 @pytest.fixture

@@ -261,7 +261,8 @@ def benchmark_training(arch: str = "resnext101_32x4d", *, batch_size: int = 256,
     warmup_steps, timed_steps = _round_up(warmup, window), _round_up(steps, window)
     total = warmup_steps + timed_steps
     config = dict(arch=arch, batch_size=batch_size, image_size=image_size, num_classes=num_classes,
-                  precision=precision, memory_format=memory_format, compile=compile, device=str(torch_device),
+                  precision=precision or "auto", memory_format=memory_format or "auto", compile=compile,
+                  device=str(torch_device),
                   data_backend=data_backend, workers=workers, print_freq=window, training_only=True,
                   save_checkpoints=False, tensorboard=False, progress=False)
     if data is None:
@@ -275,7 +276,7 @@ def benchmark_training(arch: str = "resnext101_32x4d", *, batch_size: int = 256,
         per_epoch, dataset_classes = _dataset_geometry(data, batch_size)
         num_classes = num_classes or dataset_classes  # training checks that a given count matches the folder
         epochs = -(-total // per_epoch)
-        # Training's --prof stops inside an epoch; past one epoch, whole epochs run (so more windows are timed).
+        # --prof N trains only the first N batches of each epoch; past one epoch, whole epochs run (more windows).
         timed_steps = timed_steps if epochs == 1 else epochs * per_epoch - warmup_steps
         config.update(data=str(data), epochs=epochs, prof=total if epochs == 1 else -1)
     with tempfile.TemporaryDirectory(prefix="resnext-benchmark-") as workspace:

@@ -38,20 +38,7 @@ def save_checkpoint(path: str | os.PathLike, state: dict) -> Path:
 
 def read_checkpoint(path: str | os.PathLike) -> dict:
     """Load one of our checkpoints safely; a UserError names the file when it is missing, torn or foreign."""
-    path = Path(path)
-    if not path.is_file():
-        raise UserError(f"checkpoint '{path}' does not exist.")
-    damaged = _failed_crc(path)
-    if damaged is not None:
-        raise UserError(f"checkpoint '{path}' is corrupt ({damaged}); use an older checkpoint or delete this one.")
-    try:
-        state = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as err:  # torch raises many types for torn zip files and refused pickles
-        if isinstance(err, pickle.UnpicklingError) and "weights only load failed" in str(err).lower():
-            raise UserError(f"'{path}' holds pickled Python objects besides tensors, which resnext refuses to load "
-                            "because that can run code; resnext train never writes such a file.") from None
-        raise UserError(f"checkpoint '{path}' cannot be read ({first_line(err)}); "
-                        "it is truncated, corrupt or not a PyTorch file.") from None
+    path, state = Path(path), _load(path)
     if not isinstance(state, dict) or state.get("format") != FORMAT:
         raise UserError(f"'{path}' is not a resnext training checkpoint; "
                         "to load model weights from it use --weights / resnext.load_weights.")
@@ -59,6 +46,32 @@ def read_checkpoint(path: str | os.PathLike) -> dict:
         raise UserError(f"checkpoint '{path}' was written by a newer resnext (format "
                         f"{state['format_version']}); upgrade resnext to read it.")
     return state
+
+
+def read_resume_checkpoint(path: str | os.PathLike) -> dict:
+    """A checkpoint to continue from: ours (read_checkpoint), or a training checkpoint of NVIDIA's ConvNets code
+    converted to our names (see from_nvidia_checkpoint; `restore` finishes the conversion with adapt_nvidia_state)."""
+    content = _load(path)
+    if is_nvidia_checkpoint(content):
+        return from_nvidia_checkpoint(content, path)
+    return read_checkpoint(path)
+
+
+def _load(path: str | os.PathLike):
+    path = Path(path)
+    if not path.is_file():
+        raise UserError(f"checkpoint '{path}' does not exist.")
+    damaged = _failed_crc(path)
+    if damaged is not None:
+        raise UserError(f"checkpoint '{path}' is corrupt ({damaged}); use an older checkpoint or delete this one.")
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as err:  # torch raises many types for torn zip files and refused pickles
+        if isinstance(err, pickle.UnpicklingError) and "weights only load failed" in str(err).lower():
+            raise UserError(f"'{path}' holds pickled Python objects besides tensors, which resnext refuses to load "
+                            "because that can run code; resnext train never writes such a file.") from None
+        raise UserError(f"checkpoint '{path}' cannot be read ({first_line(err)}); "
+                        "it is truncated, corrupt or not a PyTorch file.") from None
 
 
 def _failed_crc(path: Path) -> str | None:
@@ -251,7 +264,7 @@ class CheckpointWriter:
                  keep: int = 0) -> None:
         self.workspace = Path(workspace)
         self.latest_name = latest_name
-        self.keep = -1 if keep < 0 else max(2, keep)  # NVIDIA's --gather-checkpoints: -1 all, else at least 2
+        self.keep = keep  # numbered checkpoints kept: -1 (or 0) all (TrainConfig.checkpoints_to_keep)
         self.last: Path | None = None
         self.unsaved: str | None = None
 
@@ -264,7 +277,8 @@ class CheckpointWriter:
             if reason is None:  # not a failed write: a bug to see in full
                 raise
             previous = self.last or next(iter(list_checkpoints(self.workspace)), "none yet")
-            self.unsaved = f"could not write checkpoint {path} ({reason}); the previous checkpoint ({previous}) is intact"
+            self.unsaved = (f"could not write checkpoint {path} ({reason}); the previous checkpoint ({previous}) "
+                            "is intact")
             notices.warning(f"warning: {self.unsaved} and training continues.")
             return None
         self.unsaved = None
@@ -315,3 +329,192 @@ def _replace_with_link(source: Path, target: Path) -> None:
     except OSError:
         shutil.copyfile(source, temporary)
     os.replace(temporary, target)
+
+
+# ---- NVIDIA's training checkpoints ----------------------------------------------------------------------------
+# NVIDIA's image_classification/training.py saves {"epoch": epochs done, "best_prec1", "state_dict" (the model,
+# "module."-prefixed under DDP, stages as layers.N), "optimizer" (groups [names containing "bn", the rest] over the
+# model's named_parameters, or one group with --bn-weight-decay and SGD), "state_dict_ema" with --use-ema}.
+
+NVIDIA_KEYS = ("epoch", "state_dict", "optimizer")
+_BUFFER_SUFFIXES = ("running_mean", "running_var", "num_batches_tracked")
+# Our SE names -> NVIDIA's (models/common.py SqueezeAndExcitation: Linear `squeeze` and `expand`).
+_TO_NVIDIA = ((re.compile(r"^layer(\d+)\."), lambda m: f"layers.{int(m.group(1)) - 1}."),
+              (re.compile(r"\.se\.fc1\."), ".squeeze.squeeze."), (re.compile(r"\.se\.fc2\."), ".squeeze.expand."))
+# Module order inside NVIDIA's Bottleneck (its registration order, hence its parameter order).
+_NVIDIA_BLOCK_ORDER = ("conv1", "bn1", "conv2", "bn2", "conv3", "bn3", "downsample", "squeeze")
+NVIDIA_ARCHS = ("resnet50", "resnext101_32x4d", "se_resnext101_32x4d_nvidia")
+
+
+def is_nvidia_checkpoint(content) -> bool:
+    return (isinstance(content, dict) and content.get("format") is None
+            and all(key in content for key in NVIDIA_KEYS) and isinstance(content["state_dict"], dict))
+
+
+def _strip_wrappers(name: str) -> str:
+    for prefix in ("module.", "_orig_mod."):
+        while name.startswith(prefix):
+            name = name[len(prefix):]
+    return name
+
+
+def from_nvidia_checkpoint(content: dict, path) -> dict:
+    """NVIDIA's training checkpoint in our names: {"format": "nvidia", arch and class count inferred from the
+    shapes, "model", "ema", "epoch" (the next epoch, as NVIDIA's start_epoch), "best_top1", and NVIDIA's optimizer
+    state with its parameter names in NVIDIA's order}."""
+    from .weights import _normalise_keys, infer_arch, infer_num_classes
+
+    where = f"NVIDIA checkpoint '{path}'"
+    model, _ = _normalise_keys(content["state_dict"], where)
+    ema = content.get("state_dict_ema")
+    ema = _normalise_keys(ema, where)[0] if isinstance(ema, dict) else None
+    nvidia_names = [_strip_wrappers(k) for k in content["state_dict"] if not k.endswith(_BUFFER_SUFFIXES)]
+    ours = list(_normalise_keys({k: torch.zeros(0) for k in nvidia_names}, where)[0])
+    optimizer = content["optimizer"]
+    if not isinstance(optimizer, dict) or "param_groups" not in optimizer or "state" not in optimizer:
+        raise UserError(f"{where} has no optimizer state_dict; resume needs one (or start from its weights with "
+                        "--pretrained-from-file).")
+    best = content.get("best_prec1", 0.0)
+    return {"format": "nvidia", "arch": infer_arch(model), "num_classes": infer_num_classes(model), "model": model,
+            "ema": ema, "nvidia_optimizer": optimizer, "nvidia_parameters": list(zip(nvidia_names, ours)),
+            "epoch": int(content["epoch"]), "best_top1": float(best), "config": {}, "path": str(path)}
+
+
+def adapt_nvidia_state(state: dict, model, optimizer, config, env, steps_per_epoch: int) -> dict:
+    """Our checkpoint dict for a state read from NVIDIA's checkpoint (others pass through unchanged).
+
+    The momentum (SGD) or square-average (RMSprop) buffers go to the same parameters by name, whatever our
+    parameter groups; the run continues at the start of the epoch NVIDIA's start_epoch names, with its best top-1.
+    """
+    if state.get("format") != "nvidia":
+        return state
+    where = f"NVIDIA checkpoint '{state['path']}'"
+    nv_opt, pairs = state["nvidia_optimizer"], state["nvidia_parameters"]
+    groups = nv_opt["param_groups"]
+    spared = [ours for nv, ours in pairs if "bn" in nv]
+    rest = [ours for nv, ours in pairs if "bn" not in nv]
+    layouts = {1: [[ours for _, ours in pairs]], 2: [spared, rest]}
+    expected = layouts.get(len(groups))
+    if expected is None or [len(g["params"]) for g in groups] != [len(names) for names in expected]:
+        raise UserError(f"{where}: its optimizer groups ({[len(g['params']) for g in groups]} parameters) are not "
+                        f"NVIDIA's for this model ({len(spared)} with 'bn' in their name, {len(rest)} others); it "
+                        "was not written by NVIDIA's main.py for this architecture.")
+    name_of_index = {index: name for group, names in zip(groups, expected)
+                     for index, name in zip(group["params"], names)}
+    kinds = {key for entry in nv_opt["state"].values() for key in entry}
+    saved_optimizer = "rmsprop" if "square_avg" in kinds else "sgd" if kinds else config.optimizer
+    if saved_optimizer != config.optimizer:
+        raise UserError(f"{where} was trained with --optimizer {saved_optimizer}, this run asks for "
+                        f"{config.optimizer}; resume with --optimizer {saved_optimizer}.")
+    params = dict(model.named_parameters())
+    missing = sorted(set(params) - set(name_of_index.values()))
+    if missing:
+        raise UserError(f"{where} has no optimizer entry for {len(missing)} parameter(s) of this model, e.g. "
+                        f"{missing[0]}.")
+    nv_index = {name: index for index, name in name_of_index.items()}
+    ours = optimizer.state_dict()
+    our_params = [p for group in optimizer.param_groups for p in group["params"]]
+    name_of = {id(p): n for n, p in params.items()}
+    moved = {}
+    for index, param in enumerate(our_params):
+        entry = nv_opt["state"].get(nv_index[name_of[id(param)]])
+        if entry is not None:
+            moved[index] = {k: v.reshape(param.shape) if torch.is_tensor(v) and v.numel() == param.numel() > 1 else v
+                            for k, v in entry.items()}
+    ours["state"] = moved
+    epoch, best = state["epoch"], state["best_top1"]
+    return {**state, "optimizer": ours, "scaler": None, "rng": [], "world_size": env.world_size,
+            "progress": {"epoch": epoch, "step_in_epoch": 0, "global_step": epoch * steps_per_epoch,
+                         "best_top1": best, "best_epoch": epoch - 1 if best > 0 else -1},
+            "schedule": {"steps_per_epoch": steps_per_epoch},
+            "data_state": {"batch_size": config.batch_size, "accumulation": config.accumulation_steps(env.world_size)}}
+
+
+def _nvidia_name(name: str) -> str:
+    for pattern, replacement in _TO_NVIDIA:
+        name = pattern.sub(replacement, name)
+    return name
+
+
+def _nvidia_order(name: str) -> tuple:
+    """Sort key giving NVIDIA's registration order: stem, stages block by block (conv1..bn3, downsample, SE), fc."""
+    parts = name.split(".")
+    if parts[0] == "layers":
+        sub = parts[3]
+        rank = _NVIDIA_BLOCK_ORDER.index(sub) if sub in _NVIDIA_BLOCK_ORDER else len(_NVIDIA_BLOCK_ORDER)
+        return (1, int(parts[1]), int(parts[2]), rank)
+    return (2,) if parts[0] == "fc" else (0,)
+
+
+def to_nvidia_checkpoint(state: dict, module_prefix: bool = True) -> dict:
+    """One of our training checkpoints in the layout NVIDIA's main.py --resume loads.
+
+    module_prefix: keys start with "module." as NVIDIA's DDP runs (multiproc.py) expect; False for a single-GPU
+    NVIDIA run. Their code resumes at epoch boundaries: a checkpoint taken inside an epoch restarts that epoch.
+    """
+    from .models import create_model
+    from .optim import parameter_groups
+
+    config = state.get("config", {})
+    model = create_model(state["arch"], state["num_classes"])
+    groups = parameter_groups(model, config.get("weight_decay", 1e-4), config.get("bn_weight_decay", False),
+                              config.get("wd_exempt", "bn-in-name"), config.get("optimizer", "sgd"))
+    name_of = {id(p): n for n, p in model.named_parameters()}
+    our_names = [name_of[id(p)] for group in groups for p in group["params"]]
+    prefix = "module." if module_prefix else ""
+
+    def weights(sd: dict) -> dict:
+        converted = {}
+        for key in sorted(sd, key=lambda k: _nvidia_order(_nvidia_name(k))):
+            value = sd[key]
+            if re.search(r"\.se\.fc[12]\.weight$", key):
+                value = value.flatten(1)  # NVIDIA's default SE layers are Linear
+            converted[prefix + _nvidia_name(key)] = value
+        return converted
+
+    state_dict = weights(state["model"])
+    nvidia_params = [k[len(prefix):] for k in state_dict if not k.endswith(_BUFFER_SUFFIXES)]
+    ours_of = {_nvidia_name(n): n for n in our_names}
+    single = config.get("optimizer", "sgd") == "sgd" and config.get("bn_weight_decay", False)
+    nv_groups = [nvidia_params] if single else [[n for n in nvidia_params if "bn" in n],
+                                                [n for n in nvidia_params if "bn" not in n]]
+    saved = state["optimizer"]
+    base = {k: v for k, v in saved["param_groups"][0].items() if k != "params"}
+    if "fused" in base:  # NVIDIA's optimizer is torch's default SGD / RMSprop
+        base.update(foreach=None, fused=None)
+    wd = config.get("weight_decay", base.get("weight_decay", 0.0))
+    param_groups, nv_state, index = [], {}, 0
+    our_index = {name: i for i, name in enumerate(our_names)}
+    for position, names in enumerate(nv_groups):
+        decay = wd if (single or position == 1 or config.get("bn_weight_decay", False)) else 0.0
+        param_groups.append({**base, "weight_decay": decay, "params": list(range(index, index + len(names)))})
+        for name in names:
+            entry = saved["state"].get(our_index[ours_of[name]])
+            if entry is not None:
+                shape = state_dict[prefix + name].shape
+                nv_state[index] = {k: v.reshape(shape) if torch.is_tensor(v) and v.numel() == shape.numel() > 1 else v
+                                   for k, v in entry.items()}
+            index += 1
+    if state.get("step_in_epoch", 0):
+        notices.warning(f"warning: the checkpoint is {state['step_in_epoch']} steps into epoch {state['epoch'] + 1}; "
+                        "NVIDIA's code resumes at epoch boundaries and repeats that epoch from its start.")
+    result = {"epoch": int(state["epoch"]), "best_prec1": float(state.get("best_top1", 0.0)),
+              "state_dict": state_dict, "optimizer": {"state": nv_state, "param_groups": param_groups}}
+    if state.get("ema") is not None:
+        result["state_dict_ema"] = weights(state["ema"])
+    return result
+
+
+def resolve_seed(seed: int | None, state: dict | None, env) -> int:
+    """--seed, else the seed of the checkpoint being resumed, else a random one (the same on every rank)."""
+    if seed is not None:
+        return seed
+    saved = (state or {}).get("config", {}).get("seed")
+    if saved is not None:
+        return int(saved)
+    drawn = torch.tensor(int.from_bytes(os.urandom(4), "little") >> 1, dtype=torch.int64, device=env.device)
+    from . import distributed
+
+    if env.distributed:
+        drawn = distributed.all_reduce_max(drawn, env)
+    return int(drawn)

@@ -11,20 +11,21 @@ from pathlib import Path
 
 import torch
 
-from .recipe import TrainConfig
+from .recipe import TrainConfig, preset
 
 notices = logging.getLogger("resnext")
 
 
 def demo_config(workspace: str | Path, data: str | Path, device: str | None = None, epochs: int | None = None,
                 seed: int = 0) -> TrainConfig:
-    """The demo's settings for the device it runs on (recipe defaults otherwise)."""
+    """The demo's settings for the device it runs on: our recipe (--preset resnext) otherwise."""
     on_gpu = (device or ("cuda" if torch.cuda.is_available() else "cpu")).startswith("cuda")
-    common = dict(data=str(data), workspace=str(workspace), device=device, seed=seed, label_smoothing=0.1,
-                  lr_schedule="cosine", print_freq=20, crop_pct=0.875, resume="auto")
+    common = dict(preset("resnext"), preset="resnext", data=str(data), workspace=str(workspace), device=device,
+                  seed=seed, print_freq=20, resume="auto")
+    common.pop("arch")
     if on_gpu:
         return TrainConfig(arch="resnext101_32x4d", image_size=64, batch_size=128, epochs=epochs or 10,
-                           precision="amp", workers=4, **common)
+                           workers=4, **common)  # --precision auto: AMP on the GPU
     return TrainConfig(arch="resnext_tiny", image_size=32, batch_size=64, epochs=epochs or 15,
                        workers=2, **common)
 

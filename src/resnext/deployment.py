@@ -2,7 +2,7 @@
 command line can offer them as defaults without importing it."""
 from __future__ import annotations
 
-EXPORT_FORMATS = ("onnx", "torchscript", "exported-program", "safetensors", "triton")
+EXPORT_FORMATS = ("onnx", "torchscript", "exported-program", "safetensors", "triton", "nvidia")
 
 # A Triton model repository written by `resnext export --format triton` (config.pbtxt's dynamic batcher).
 REPOSITORY_MAX_BATCH = 256

@@ -23,8 +23,9 @@ from .errors import UserError
 @torch.no_grad()
 def evaluate(model: nn.Module, loader: Loader, *, device: torch.device, precision: str = "fp32", topk: int = 5,
              env: DistEnv | None = None, max_batches: int | None = None, confusion: bool = False,
-             num_classes: int | None = None) -> dict:
-    """Accuracy, loss (plain cross-entropy), throughput and per-batch latency of `model` on `loader`.
+             num_classes: int | None = None, label_smoothing: float = 0.0) -> dict:
+    """Accuracy, loss (cross-entropy; with `label_smoothing`, NVIDIA's smoothed training criterion), throughput and
+    per-batch latency of `model` on `loader`.
 
     Returns top1 / top{topk} (percent), loss (mean cross-entropy per image, nats), images, compute_ips and
     total_ips (img/s: model time only / wall time), compute_latency and compute_latency_at95/99/100 (seconds per
@@ -57,7 +58,7 @@ def evaluate(model: nn.Module, loader: Loader, *, device: torch.device, precisio
             raise UserError(f"the model has {logits.shape[1]} outputs but the data has {num_classes} classes.")
         top = logits.topk(min(topk, num_classes), dim=1).indices
         hits = top.eq(labels[:, None])
-        sums += torch.stack([F.cross_entropy(logits, labels, reduction="sum").double(),
+        sums += torch.stack([F.cross_entropy(logits, labels, reduction="sum", label_smoothing=label_smoothing).double(),
                              hits[:, 0].sum().double(), hits.any(1).sum().double(),
                              torch.tensor(float(labels.numel()), dtype=torch.float64, device=device)])
         per_class[0] += torch.bincount(labels, minlength=num_classes).double()

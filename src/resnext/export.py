@@ -30,7 +30,8 @@ from .deployment import EXPORT_FORMATS, REPOSITORY_MAX_BATCH, REPOSITORY_QUEUE_D
 from .errors import UserError
 from .paths import atomic_write
 
-EXTENSIONS = {"onnx": ".onnx", "torchscript": ".pt", "exported-program": ".pt2", "safetensors": ".safetensors"}
+EXTENSIONS = {"onnx": ".onnx", "torchscript": ".pt", "exported-program": ".pt2", "safetensors": ".safetensors",
+              "nvidia": ".pth.tar"}
 PRECISIONS = {"fp32": torch.float32, "fp16": torch.float16}
 INPUT_NAME = "images"
 OUTPUT_NAME = "logits"
@@ -82,7 +83,8 @@ def fold_batchnorm(model: nn.Module) -> nn.Module:
 def export_model(weights, format: str, output: str | Path | None = None, *, use_ema: bool = False,
                  arch: str | None = None, precision: str = "fp32", fold_bn: bool = False,
                  image_size: int | None = None, max_batch_size: int = REPOSITORY_MAX_BATCH,
-                 model_name: str = "resnext", queue_delay_us: int = REPOSITORY_QUEUE_DELAY_US) -> ExportResult:
+                 model_name: str = "resnext", queue_delay_us: int = REPOSITORY_QUEUE_DELAY_US,
+                 module_prefix: bool = True) -> ExportResult:
     """Export the model in `weights` (any layout resnext.load_model reads) and verify it before writing.
 
     format: onnx | torchscript | exported-program | safetensors | triton.
@@ -93,6 +95,8 @@ def export_model(weights, format: str, output: str | Path | None = None, *, use_
     fold_bn: fold BatchNorm into the convolutions (graph formats; safetensors keeps the trainable layout).
     image_size: the exported input's height and width (default: the weights' training size, else 224).
     max_batch_size, queue_delay_us, model_name: the Triton configuration (dynamic batching).
+    nvidia: a training checkpoint of ours as NVIDIA's main.py --resume loads it (model, optimizer, EMA, epoch,
+        best top-1); module_prefix=False for a single-GPU NVIDIA run (its DDP runs expect "module." keys).
     """
     from .prediction import Preprocessing, class_names_for
     from .weights import load_model
@@ -113,6 +117,8 @@ def export_model(weights, format: str, output: str | Path | None = None, *, use_
                             "start with '.' or '-'); Triton names the model folder after it.")
     destination = Path(output) if output is not None else _default_output(weights, format)
     _check_output(destination, folder=format == "triton")
+    if format == "nvidia":
+        return _export_nvidia(weights, destination, module_prefix)
     if format in ("onnx", "triton"):
         _require_onnx_tools()  # before the export work, which takes a while for the large models
 
@@ -300,6 +306,22 @@ def _compare(outputs: list[Tensor], expected: list[Tensor], precision: str, form
                              f"(allowed {tolerance:.3g} in {precision}); nothing was written. Try --precision fp32 "
                              "or another torch / onnxruntime version.")
     return difference, tolerance
+
+
+def _export_nvidia(weights, destination: Path, module_prefix: bool) -> ExportResult:
+    """Write our training checkpoint in NVIDIA's layout, then read it back and check that the weights survived."""
+    from .checkpoint import read_checkpoint, read_resume_checkpoint, to_nvidia_checkpoint
+
+    if not Path(str(weights)).is_file():
+        raise UserError(f"--format nvidia converts a resnext training checkpoint; '{weights}' is not a file.")
+    converted = to_nvidia_checkpoint(read_checkpoint(weights), module_prefix=module_prefix)
+    atomic_write(destination, lambda handle: torch.save(converted, handle))
+    original, back = read_checkpoint(weights)["model"], read_resume_checkpoint(destination)["model"]
+    if original.keys() != back.keys() or not all(torch.equal(original[k], back[k]) for k in original):
+        destination.unlink()
+        raise ExportMismatch(f"the NVIDIA-layout file of '{weights}' does not read back to the same weights; "
+                             "nothing was written.")
+    return ExportResult(path=destination, format="nvidia", precision="fp32", max_abs_diff=0.0, tolerance=0.0)
 
 
 def _check_format(format: str) -> str:

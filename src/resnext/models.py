@@ -10,9 +10,11 @@ import difflib
 from dataclasses import dataclass
 
 import torch
+import torch.nn.functional as F
 from torch import Tensor, nn
 
 from .errors import UserError
+from .recipe import CONV_INITS
 
 
 @dataclass(frozen=True)
@@ -58,28 +60,41 @@ ALIASES: dict[str, str] = {
     "resnext-tiny": "resnext_tiny",
 }
 
-CONV_INITS = ("fan_in", "fan_out")
 
 
 class SqueezeExcite(nn.Module):
-    """Channel attention: global pool, bottleneck of 1x1 convolutions, sigmoid gate."""
+    """Channel attention: global pool, bottleneck of 1x1 convolutions, sigmoid gate.
 
-    def __init__(self, channels: int, hidden: int) -> None:
+    `linear=True` computes the two 1x1 convolutions as linear layers on the pooled (N, C) vector, as NVIDIA's
+    default SqueezeAndExcitation does (its `--trt` form is the convolution); the weights and the function are the
+    same either way.
+    """
+
+    def __init__(self, channels: int, hidden: int, linear: bool = False) -> None:
         super().__init__()
         self.fc1 = nn.Conv2d(channels, hidden, 1, bias=True)
         self.act = nn.ReLU(inplace=True)
         self.fc2 = nn.Conv2d(hidden, channels, 1, bias=True)
+        self.linear = linear
+
+    def gate(self, x: Tensor) -> Tensor:
+        """The (N, C, 1, 1) sigmoid gate of x."""
+        if self.linear:
+            pooled = x.mean((2, 3))
+            hidden = self.act(F.linear(pooled, self.fc1.weight.flatten(1), self.fc1.bias))
+            return F.linear(hidden, self.fc2.weight.flatten(1), self.fc2.bias).sigmoid()[:, :, None, None]
+        return self.fc2(self.act(self.fc1(x.mean((2, 3), keepdim=True)))).sigmoid()
 
     def forward(self, x: Tensor) -> Tensor:
-        gate = self.fc2(self.act(self.fc1(x.mean((2, 3), keepdim=True))))
-        return x * gate.sigmoid()
+        return x * self.gate(x)
 
 
 class Bottleneck(nn.Module):
     expansion = 4
 
     def __init__(self, inplanes: int, planes: int, stride: int, downsample: nn.Module | None,
-                 groups: int, width_per_group: int, se_hidden: int | None) -> None:
+                 groups: int, width_per_group: int, se_hidden: int | None, se_linear: bool = False,
+                 fused_se: bool = False) -> None:
         super().__init__()
         width = int(planes * (width_per_group / 64.0)) * groups
         out = planes * self.expansion
@@ -90,26 +105,30 @@ class Bottleneck(nn.Module):
         self.bn2 = nn.BatchNorm2d(width)
         self.conv3 = nn.Conv2d(width, out, 1, bias=False)
         self.bn3 = nn.BatchNorm2d(out)
-        self.se = SqueezeExcite(out, se_hidden) if se_hidden else None
+        self.se = SqueezeExcite(out, se_hidden, se_linear) if se_hidden else None
         self.relu = nn.ReLU(inplace=True)
         self.downsample = downsample
+        self.fused_se = fused_se  # NVIDIA's --fused_se: residual + y * gate as one addcmul
 
     def forward(self, x: Tensor) -> Tensor:
         shortcut = x if self.downsample is None else self.downsample(x)
         y = self.relu(self.bn1(self.conv1(x)))
         y = self.relu(self.bn2(self.conv2(y)))
         y = self.bn3(self.conv3(y))
-        if self.se is not None:
-            y = self.se(y)
-        return self.relu(y + shortcut)
+        if self.se is None:
+            return self.relu(y + shortcut)
+        if self.fused_se:
+            return self.relu(torch.addcmul(shortcut, y, self.se.gate(y)))
+        return self.relu(self.se(y) + shortcut)
 
 
 class ResNet(nn.Module):
     """Stem (7x7/2 conv, BN, ReLU, 3x3/2 max-pool), four stages of bottlenecks, average pool, linear head."""
 
     def __init__(self, spec: ArchSpec, num_classes: int = 1000, conv_init: str = "fan_in",
-                 last_bn_0_init: bool = False, arch: str = "") -> None:
+                 last_bn_0_init: bool = False, arch: str = "", se_linear: bool = False, fused_se: bool = False) -> None:
         super().__init__()
+        self.se_linear, self.fused_se = se_linear, fused_se
         self.arch = arch
         self.spec = spec
         self.num_classes = num_classes
@@ -135,8 +154,9 @@ class ResNet(nn.Module):
             downsample = nn.Sequential(nn.Conv2d(inplanes, out, 1, stride=stride, bias=False), nn.BatchNorm2d(out))
         spec = self.spec
         se_hidden = spec.se_channels or (out // spec.se_reduction if spec.se_reduction else None)
-        blocks = [Bottleneck(inplanes, planes, stride, downsample, spec.groups, spec.width_per_group, se_hidden)]
-        blocks += [Bottleneck(out, planes, 1, None, spec.groups, spec.width_per_group, se_hidden)
+        se = dict(se_linear=self.se_linear, fused_se=self.fused_se)
+        blocks = [Bottleneck(inplanes, planes, stride, downsample, spec.groups, spec.width_per_group, se_hidden, **se)]
+        blocks += [Bottleneck(out, planes, 1, None, spec.groups, spec.width_per_group, se_hidden, **se)
                    for _ in range(depth - 1)]
         return nn.Sequential(*blocks), out
 
@@ -189,11 +209,14 @@ def resolve_arch(name: str) -> str:
 
 
 def create_model(arch: str, num_classes: int = 1000, *, conv_init: str = "fan_in",
-                 last_bn_0_init: bool = False) -> ResNet:
+                 last_bn_0_init: bool = False, se_linear: bool = False, fused_se: bool = False) -> ResNet:
     """Build a family member with freshly initialised weights.
 
     conv_init: "fan_in" (NVIDIA's default) or "fan_out" for the kaiming-normal init of convolutions.
     last_bn_0_init: start every residual branch at zero (NVIDIA's --last_bn_0_init; timm's default).
+    se_linear, fused_se: how squeeze-excitation is computed (NVIDIA's `--trt False` and `--fused_se True`: linear
+    layers on the pooled vector, and the gate product fused into the residual add); the same function and the same
+    weights as the default (1x1 convolutions, product then add), which is timm's way.
     """
     name = resolve_arch(arch)
     if not isinstance(num_classes, int) or num_classes < 1:
@@ -201,4 +224,21 @@ def create_model(arch: str, num_classes: int = 1000, *, conv_init: str = "fan_in
     if conv_init not in CONV_INITS:
         raise UserError(f"conv_init must be one of {', '.join(CONV_INITS)}, got '{conv_init}'.")
     return ResNet(ARCHS[name], num_classes=num_classes, conv_init=conv_init, last_bn_0_init=last_bn_0_init,
-                  arch=name)
+                  arch=name, se_linear=se_linear, fused_se=fused_se)
+
+
+def script_model(model: nn.Module) -> nn.Module:
+    """torch.jit.script(model), NVIDIA's `--jit script`: the scripted module shares the model's parameters.
+
+    Raises UserError when this torch cannot script it (TorchScript is deprecated in recent releases).
+    """
+    import warnings
+
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", FutureWarning)  # torch >= 2.10 announces TorchScript's deprecation
+            return torch.jit.script(model)
+    except Exception as err:  # TorchScript raises its own frontend errors
+        first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+        raise UserError(f"--jit script: this torch cannot script the model ({first}); use --compile or drop "
+                        "--jit.") from None

@@ -31,6 +31,7 @@ from torch import nn
 
 from . import checkpoint as ckpt
 from . import distributed
+from .affinity import set_gpu_affinity
 from .data.base import Batch, Loader
 from .device import autocast, configure_backends, make_grad_scaler, resolve_memory_format, resolve_precision, \
     synchronize
@@ -40,7 +41,7 @@ from .errors import CheckpointNotSaved, TrainingDiverged, UserError
 from .evaluation import evaluate
 from .logger import RunLogger
 from .mixup import mixup, step_rng
-from .models import create_model, resolve_arch
+from .models import create_model, resolve_arch, script_model
 from .optim import LRSchedule, build_optimizer
 from .preemption import StopSignal
 from .recipe import TrainConfig
@@ -71,7 +72,7 @@ class Progress:
 class Session:
     """What this invocation has counted (not saved: a resumed run starts a new session)."""
 
-    steps: int = 0  # optimizer steps run (--prof counts them across epochs)
+    steps: int = 0  # optimizer steps run (--run-steps counts them across epochs)
     epoch_throughputs: list = field(default_factory=list)  # train.total_ips of the epochs it finished
     last_metrics: dict = field(default_factory=dict)  # the newest validation results, logged names
 
@@ -156,6 +157,7 @@ def train(config: TrainConfig) -> dict:
     with StopSignal() as stop:  # from the start: a signal during set-up stops the run after its first step
         env = distributed.setup(config.device, config.dist_backend, config.join_timeout)
         try:
+            set_gpu_affinity(config.gpu_affinity, env)  # before the data workers start: they inherit it
             with claim_workspace(config, env):
                 run, progress, resume_path = setup(config, env)
                 try:
@@ -172,11 +174,15 @@ def train(config: TrainConfig) -> dict:
 def setup(config: TrainConfig, env: DistEnv) -> tuple[Run, Progress, Path | None]:
     """Build the run `config` describes on this process, restored from its checkpoint when resuming."""
     config.validate(env.world_size)
-    precision = resolve_precision(config.precision, env.device)
-    memory_format = resolve_memory_format(config.memory_format, env.device)
+    precision = resolve_precision(config.training_precision(env.device.type), env.device)
+    memory_format = resolve_memory_format(config.training_memory_format(), env.device)
     configure_backends(precision, config.deterministic)
     workspace = prepare_workspace(config, env)
     resume_path, state = locate_resume(config, workspace)
+    from .data import resolve_backend
+
+    config.data_backend = resolve_backend(config.data_backend)
+    config.seed = ckpt.resolve_seed(config.seed, state, env)
 
     torch.manual_seed(config.seed)
     np.random.seed(config.seed % 2**32)
@@ -185,21 +191,24 @@ def setup(config: TrainConfig, env: DistEnv) -> tuple[Run, Progress, Path | None
     num_classes = config.num_classes or len(class_names)
     if state is not None:
         check_resume_compatible(state, config, num_classes, resume_path)
-    model = create_model(config.arch, num_classes, conv_init=config.conv_init, last_bn_0_init=config.last_bn_0_init)
-    if config.evaluate and state is None and not config.pretrained_from_file:
+    model = create_model(config.arch, num_classes, **config.model_options())
+    if config.evaluate and state is None and not (config.pretrained_from_file or config.pretrained):
+        notices.info("--evaluate without weights: validating the freshly initialised model (a speed benchmark, as "
+                     "NVIDIA's benchmark_inference mode does).")
+    if config.evaluate and state is None and config.resume:
         raise UserError(f"--evaluate found no checkpoint to evaluate ({config.resume}); pass --resume CHECKPOINT or "
                         "--pretrained-from-file FILE.")
-    if config.pretrained_from_file and state is None:
-        from .weights import load_weights
+    if (config.pretrained_from_file or config.pretrained) and state is None:
+        from .weights import load_weights, pretrained_weights
 
-        load_weights(model, config.pretrained_from_file, ignore_head=config.ignore_head)
+        load_weights(model, pretrained_weights(config), ignore_head=config.ignore_head)
     if config.sync_bn:
         model = distributed.convert_sync_batchnorm(model, env)
     model.to(env.device, memory_format=memory_format)
     ema = ModelEMA(model, config.use_ema) if config.use_ema else None
 
     accumulation = config.accumulation_steps(env.world_size)
-    steps_per_epoch = len(train_loader) // accumulation if train_loader is not None else 0
+    steps_per_epoch = config.steps_per_epoch(len(train_loader), accumulation) if train_loader is not None else 0
     if steps_per_epoch == 0 and not config.evaluate:
         raise UserError(f"the training split yields {len(train_loader)} batch(es) of {config.batch_size} per process, "
                         f"fewer than one optimizer step of {accumulation}; lower --batch-size or "
@@ -210,12 +219,7 @@ def setup(config: TrainConfig, env: DistEnv) -> tuple[Run, Progress, Path | None
                               dynamic=config.dynamic_loss_scale)
     progress = Progress()
     if state is not None:
-        ckpt.restore_objects(state, model=model, ema_model=ema.module if ema else None, optimizer=optimizer,
-                             scaler=scaler, rank=env.rank, world_size=env.world_size)
-        if not config.evaluate:
-            progress = Progress(**ckpt.resume_position(
-                state, tuple(Progress.__dataclass_fields__), batch_size=config.batch_size,
-                world_size=env.world_size, accumulation=accumulation, steps_per_epoch=steps_per_epoch))
+        progress = restore(state, model, ema, optimizer, scaler, config, env, steps_per_epoch)
 
     ddp = None
     train_model = model
@@ -228,6 +232,8 @@ def setup(config: TrainConfig, env: DistEnv) -> tuple[Run, Progress, Path | None
         train_model = ddp
     if config.compile:
         train_model = torch.compile(train_model)
+    if config.jit == "script":
+        train_model = script_model(train_model)
 
     schedule = LRSchedule.from_config(config, peak_lr, max(1, steps_per_epoch))
     if state is not None and not config.evaluate:
@@ -237,32 +243,44 @@ def setup(config: TrainConfig, env: DistEnv) -> tuple[Run, Progress, Path | None
               train_loader=train_loader, val_loader=val_loader, class_names=class_names, precision=precision,
               accumulation=accumulation, steps_per_epoch=steps_per_epoch, logger=make_logger(config, env, workspace),
               health=LossHealth(env.device, config.max_nonfinite_steps),
-              checkpoints=ckpt.CheckpointWriter(workspace, config.checkpoint_filename, config.gather_checkpoints))
+              checkpoints=ckpt.CheckpointWriter(workspace, config.checkpoint_filename, config.checkpoints_to_keep()))
     return run, progress, resume_path
+
+
+def restore(state: dict, model: nn.Module, ema: ModelEMA | None, optimizer: torch.optim.Optimizer,
+            scaler: torch.amp.GradScaler, config: TrainConfig, env: DistEnv, steps_per_epoch: int) -> Progress:
+    """Load a checkpoint (ours, or NVIDIA's adapted to ours) into the freshly built objects; returns the position to
+    continue from (the start under --evaluate, which continues nothing)."""
+    state = ckpt.adapt_nvidia_state(state, model, optimizer, config, env, steps_per_epoch)
+    ckpt.restore_objects(state, model=model, ema_model=ema.module if ema else None, optimizer=optimizer,
+                         scaler=scaler, rank=env.rank, world_size=env.world_size)
+    if config.evaluate:
+        return Progress()
+    return Progress(**ckpt.resume_position(state, tuple(Progress.__dataclass_fields__), batch_size=config.batch_size,
+                                           world_size=env.world_size, accumulation=config.accumulation_steps(
+                                               env.world_size), steps_per_epoch=steps_per_epoch))
 
 
 def build_loaders(config: TrainConfig, env: DistEnv,
                   memory_format: torch.memory_format) -> tuple[Loader | None, Loader | None, list[str]]:
     """The training and validation loaders `config` asks for (None where the mode needs none), and the class
     names. Raises UserError for a dataset whose layout or class count does not fit."""
-    from .data import create_loader, find_dataset
+    from .data import check_num_classes, create_loader, find_dataset
 
-    common = dict(backend=config.data_backend, image_size=config.image_size, crop_pct=config.crop_pct,
+    common = dict(backend=config.data_backend, image_size=config.image_size, crop_pct=config.eval_crop_pct(),
                   interpolation=config.interpolation, workers=config.workers, prefetch=config.prefetch,
                   device=env.device, memory_format=memory_format, rank=env.rank, world_size=env.world_size,
-                  seed=config.seed, batch_size=config.batch_size)
+                  seed=config.seed, batch_size=config.batch_size, dali_ops=config.dali_ops)
     if config.data_backend == "synthetic":
         num_classes = config.num_classes or 1000
         class_names = [f"class_{i}" for i in range(num_classes)]
         synthetic = dict(common, root=None, num_classes=num_classes,
-                         synthetic_batches_per_epoch=config.synthetic_batches)
+                         synthetic_batches_per_epoch=config.synthetic_epoch())
         train_loader = create_loader(train=True, **synthetic)
         val_loader = None if config.training_only else create_loader(train=False, **synthetic)
         return train_loader, val_loader, class_names
     train_dir, val_dir, class_names = find_dataset(config.data)
-    if config.num_classes is not None and config.num_classes != len(class_names):
-        raise UserError(f"--num-classes {config.num_classes} does not match the {len(class_names)} class folders "
-                        f"in {config.data}; drop --num-classes or fix the dataset.")
+    check_num_classes(config.num_classes, class_names, config.data)
     train_loader = None if config.evaluate else create_loader(root=train_dir, train=True,
                                                                 augmentation=config.augmentation,
                                                                 jpeg_decode=config.jpeg_decode, **common)
@@ -349,7 +367,7 @@ def fit(run: Run, progress: Progress, stop: StopSignal) -> dict:
 
 
 def train_one_epoch(run: Run, progress: Progress, session: Session, stop: StopSignal) -> str:
-    """Optimizer steps from the saved position to the end of the epoch. Returns completed | stopped | prof."""
+    """Optimizer steps from the saved position to the end of the epoch. Returns completed | stopped | run_steps."""
     config, env, p = run.config, run.env, progress
     run.train_loader.set_epoch(p.epoch, start_batch=p.step_in_epoch * run.accumulation)
     batches = iter(run.train_loader)
@@ -363,7 +381,7 @@ def train_one_epoch(run: Run, progress: Progress, session: Session, stop: StopSi
 
     outcome = "completed"
     while p.step_in_epoch < run.steps_per_epoch:
-        lr = run.schedule(p.global_step)
+        lr = run.schedule.at(p.epoch, p.step_in_epoch)
         step_loss, data_time = train_step(run, batches, p.global_step, lr)
         run.health.observe(step_loss, p.global_step)
         p.global_step += 1
@@ -378,8 +396,8 @@ def train_one_epoch(run: Run, progress: Progress, session: Session, stop: StopSi
         if distributed.any_rank(stop.requested, env):
             outcome = "stopped"
             break
-        if config.prof > 0 and session.steps >= config.prof:
-            outcome = "prof"
+        if 0 < config.run_steps <= session.steps:
+            outcome = "run_steps"
             break
         if config.checkpoint_interval and p.global_step % config.checkpoint_interval == 0 \
                 and p.step_in_epoch < run.steps_per_epoch:
@@ -417,14 +435,17 @@ def train_step(run: Run, batches: Iterator[Batch], global_step: int, lr: float) 
             loss = F.cross_entropy(logits.float(), targets, label_smoothing=config.label_smoothing)
             run.scaler.scale(loss / run.accumulation).backward()
         step_loss += loss.detach() / run.accumulation
+        if run.ema is not None and config.ema_update == "micro-batch" and not last:
+            run.ema.update(run.model, global_step * run.accumulation + micro)  # NVIDIA's: after every batch
     if config.grad_clip:
         run.scaler.unscale_(run.optimizer)
         nn.utils.clip_grad_norm_(run.model.parameters(), config.grad_clip)
     run.scaler.step(run.optimizer)
     run.scaler.update(None if run.precision == "amp" else 1.0)
     run.optimizer.zero_grad(set_to_none=True)
-    if run.ema is not None:
-        run.ema.update(run.model, global_step)
+    if run.ema is not None:  # t counts micro-batches under NVIDIA's rule, optimizer steps under ours
+        micro_batches = config.ema_update == "micro-batch"
+        run.ema.update(run.model, (global_step + 1) * run.accumulation - 1 if micro_batches else global_step)
     return step_loss, data_time
 
 
@@ -470,8 +491,8 @@ def epoch_train_metrics(run: Run, progress: Progress, seconds: float, steps_time
     """The epoch's mean loss (over all its steps, resumed or not) and the throughput of the steps just run."""
     loss = torch.tensor([progress.epoch_loss_sum], dtype=torch.float64, device=run.device)
     loss = float(distributed.all_reduce_sum(loss, run.env)) / run.env.world_size
-    metrics = {"train.loss": loss / run.steps_per_epoch, "train.lr": run.schedule(max(0, progress.global_step - 1)),
-               "train.epoch_time": seconds}
+    metrics = {"train.loss": loss / run.steps_per_epoch,
+               "train.lr": run.schedule.at(progress.epoch, run.steps_per_epoch - 1), "train.epoch_time": seconds}
     if steps_timed:  # a run resumed at an epoch's very end trained nothing to time
         metrics["train.total_ips"] = steps_timed * run.images_per_step / max(seconds, 1e-9)
     return metrics
@@ -485,7 +506,8 @@ def validate(run: Run) -> dict:
     share_rank0_statistics(run)
     max_batches = config.prof if config.prof > 0 else None
     common = dict(device=run.device, precision=run.precision, topk=config.topk, env=run.env,
-                  max_batches=max_batches, num_classes=run.num_classes)
+                  max_batches=max_batches, num_classes=run.num_classes,
+                  label_smoothing=config.val_label_smoothing())
     metrics = evaluate(run.model, run.val_loader, **common)
     data = {f"val.{k}": v for k, v in metrics.items() if not isinstance(v, list)}
     if run.ema is not None:
@@ -552,7 +574,7 @@ def save_checkpoint(run: Run, progress: Progress, session: Session, is_best: boo
             schedule=asdict(run.schedule), progress=asdict(progress), metrics=session.last_metrics,
             config=config.to_dict(), rng=rng_states, world_size=env.world_size, batch_size=config.batch_size,
             accumulation=run.accumulation,
-            preprocessing={"image_size": config.image_size, "crop_pct": config.crop_pct,
+            preprocessing={"image_size": config.image_size, "crop_pct": config.eval_crop_pct(),
                            "interpolation": config.interpolation, "mean": list(IMAGENET_MEAN),
                            "std": list(IMAGENET_STD)})
         path = run.checkpoints.write(state, progress.epoch, progress.global_step, is_best=is_best)

@@ -113,6 +113,19 @@ PRETRAINED: dict[str, PretrainedSource] = {source.name: source for source in (
         "nvidia_resnext101-32x4d_200821.pth.tar",
         "nvidia_resnext101-32x4d_200821.pth.tar", _eval_preprocessing("bilinear"),
         licence="NVIDIA NGC terms of use (read the NGC model page before redistributing)", top1=None),
+    # The other two models NVIDIA's --pretrained downloads (the same file of models/resnet.py).
+    PretrainedSource(
+        "nvidia-ngc-resnet50", "resnet50",
+        "https://api.ngc.nvidia.com/v2/models/nvidia/resnet50_pyt_amp/versions/20.06.0/files/"
+        "nvidia_resnet50_200821.pth.tar",
+        "nvidia_resnet50_200821.pth.tar", _eval_preprocessing("bilinear"),
+        licence="NVIDIA NGC terms of use (read the NGC model page before redistributing)", top1=None),
+    PretrainedSource(
+        "nvidia-ngc-se-resnext101", "se_resnext101_32x4d_nvidia",
+        "https://api.ngc.nvidia.com/v2/models/nvidia/seresnext101_32x4d_pyt_amp/versions/20.06.0/files/"
+        "nvidia_se-resnext101-32x4d_200821.pth.tar",
+        "nvidia_se-resnext101-32x4d_200821.pth.tar", _eval_preprocessing("bilinear"),
+        licence="NVIDIA NGC terms of use (read the NGC model page before redistributing)", top1=None),
     _timm("timm-gluon", "resnext101_32x4d", "resnext101_32x4d.gluon_in1k", "bicubic", "Apache-2.0", 80.336),
     _timm("timm-ssl", "resnext101_32x4d", "resnext101_32x4d.fb_ssl_yfcc100m_ft_in1k", "bilinear",
           _NON_COMMERCIAL, 80.936),
@@ -275,6 +288,19 @@ def default_source(arch: str) -> PretrainedSource:
             return source
     raise UserError(f"no public pretrained weights are known for {arch}; train it or pass a weights file. "
                     f"Pretrained: {', '.join(sorted({source.arch for source in PRETRAINED.values()}))}.")
+
+
+def pretrained_weights(config) -> str:
+    """What `resnext train` starts from: --pretrained-from-file, or for --pretrained NVIDIA's NGC weights of --arch
+    (NVIDIA's --pretrained; downloaded once, offline a one-line UserError)."""
+    if config.pretrained_from_file:
+        return config.pretrained_from_file
+    arch = resolve_arch(config.arch)
+    for source in PRETRAINED.values():
+        if source.arch == arch and source.name.startswith("nvidia-ngc"):
+            return PRETRAINED_PREFIX + source.name
+    raise UserError(f"--pretrained downloads NVIDIA's NGC weights, which exist for resnet50, resnext101-32x4d and "
+                    f"se-resnext101-32x4d, not {arch}; pass --pretrained-from-file FILE.")
 
 
 def weights_cache() -> Path:

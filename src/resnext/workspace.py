@@ -174,7 +174,7 @@ def locate_resume(config: TrainConfig, workspace: Path) -> tuple[Path | None, di
             notices.info(f"--resume auto: no checkpoint in {workspace}, starting from scratch.")
             return None, None
         return found
-    return Path(config.resume), ckpt.read_checkpoint(config.resume)
+    return Path(config.resume), ckpt.read_resume_checkpoint(config.resume)
 
 
 def check_resume_compatible(state: dict, config: TrainConfig, num_classes: int, path: Path) -> None:
@@ -185,7 +185,7 @@ def check_resume_compatible(state: dict, config: TrainConfig, num_classes: int, 
                         f"but this run is a {resolve_arch(config.arch)} with {num_classes}; use the same --arch and "
                         "dataset, or a new --workspace.")
     saved = state.get("config", {})
-    for option in ("optimizer", "bn_weight_decay"):  # they shape the optimizer state the checkpoint holds
+    for option in ("optimizer", "bn_weight_decay", "wd_exempt"):  # they shape the checkpoint's optimizer state
         if option in saved and saved[option] != getattr(config, option):
             flag = "--" + option.replace("_", "-")
             raise UserError(f"checkpoint '{path}' was trained with {flag} {saved[option]}, this run asks for "

@@ -18,7 +18,8 @@ from ..errors import UserError
 COMMANDS: dict[str, tuple[str, str]] = {
     "info": ("info", "parameters, GMACs and per-stage table of an architecture"),
     "data": ("data", "check a dataset, write the embedded one, build benchmark folders, compare backends"),
-    "train": ("train", "train with NVIDIA's recipe (one process or torchrun)"),
+    "train": ("train", "train with NVIDIA's main.py command line (one process or torchrun)"),
+    "launch": ("launch", "NVIDIA's launch.py: expand --model/--precision/--mode/--platform from configs.yml, train"),
     "demo": ("demo", "train and evaluate on the embedded dataset in a few minutes"),
     "report": ("report", "HTML page with loss, accuracy, LR and throughput figures from training logs"),
     "evaluate": ("evaluate", "top-1/top-5, img/s and latency percentiles of weights on a validation folder"),
@@ -48,15 +49,22 @@ def build_parser(argv: list[str] | None = None) -> Parser:
                                  formatter_class=argparse.RawDescriptionHelpFormatter)
         module.add_arguments(command)
         if hasattr(module, "prepare") and argv and argv[0] == name:
-            module.prepare(command, argv[1:])  # e.g. train's --preset sets defaults before parsing
+            # e.g. train's --preset sets defaults before parsing; it may also rewrite the arguments it gets
+            rewritten = module.prepare(command, argv[1:])
+            if rewritten is not None:
+                argv[1:] = rewritten
         command.set_defaults(_run=module.run)
     return parser
 
 
 def main(argv: list[str] | None = None) -> int:
-    argv = sys.argv[1:] if argv is None else argv
+    argv = list(sys.argv[1:] if argv is None else argv)
     parser = build_parser(argv)
-    args = parser.parse_args(argv)
+    args, extra = parser.parse_known_args(argv)
+    if extra:
+        if not getattr(args, "_pass_through", False):  # launch hands what it does not know to train
+            parser.error(f"unrecognized arguments: {' '.join(extra)}")
+        args.rest = extra
     if args.command is None:
         parser.print_help()
         return 2

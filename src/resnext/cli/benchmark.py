@@ -18,7 +18,7 @@ from __future__ import annotations
 import argparse
 import json
 
-from ..recipe import PRECISIONS
+from ..recipe import MEMORY_FORMATS, PRECISIONS
 from .options import name_list, non_negative_int, positive_int
 
 
@@ -34,7 +34,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help="classifier outputs (default: 1000, or the class folders of --data)")
     add("--precision", choices=PRECISIONS, default=None,
         help="amp (fp16), amp-bf16, tf32 or fp32 (default: amp on GPUs, fp32 on CPU)")
-    add("--memory-format", choices=("nchw", "nhwc"), default=None, help="default: nhwc on GPUs, nchw on CPU")
+    add("--memory-format", choices=MEMORY_FORMATS, default=None, help="default: nhwc on GPUs, nchw on CPU")
     add("--compile", action="store_true", help="torch.compile the model")
     add("--cuda-graphs", action="store_true",
         help="infer: replay the forward as a CUDA graph (with --compile: torch.compile's reduce-overhead mode)")

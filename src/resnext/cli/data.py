@@ -12,6 +12,7 @@ from __future__ import annotations
 import argparse
 import json
 
+from ..recipe import INTERPOLATIONS
 from .options import name_list, non_negative_int, positive_int, unit_interval
 
 
@@ -41,7 +42,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                          help="compare training batches (same crops: pytorch and gpu only) instead of eval batches")
     compare.add_argument("--image-size", type=positive_int, default=224)
     compare.add_argument("--crop-pct", type=unit_interval, default=0.875)
-    compare.add_argument("--interpolation", choices=("bilinear", "bicubic"), default="bilinear")
+    compare.add_argument("--interpolation", choices=INTERPOLATIONS, default="bilinear")
     compare.add_argument("-b", "--batch-size", type=positive_int, default=64)
     compare.add_argument("-j", "--workers", type=non_negative_int, default=2)
     compare.add_argument("--device", default=None, help="cpu, cuda or cuda:N (default: cuda when available)")

@@ -4,6 +4,8 @@ from __future__ import annotations
 import argparse
 import math
 
+from ..recipe import INTERPOLATIONS
+
 
 def _whole_number(text: str, minimum: int) -> int:
     try:
@@ -65,7 +67,7 @@ def add_preprocessing_arguments(parser: argparse.ArgumentParser) -> None:
     group.add_argument("--image-size", type=positive_int, default=None, help="center crop size in pixels")
     group.add_argument("--crop-pct", type=unit_interval, default=None,
                        help="crop fraction: the shorter side is resized to image size / crop pct (0.875: 256 -> 224)")
-    group.add_argument("--interpolation", choices=("bilinear", "bicubic"), default=None,
+    group.add_argument("--interpolation", choices=INTERPOLATIONS, default=None,
                        help="resize filter (timm's gluon weights: bicubic)")
 
 

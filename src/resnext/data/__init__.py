@@ -43,7 +43,7 @@ def create_loader(backend: str, root: str | os.PathLike | None = None, *, train:
                   memory_format: torch.memory_format = torch.contiguous_format, rank: int = 0, world_size: int = 1,
                   seed: int = 0, drop_last: bool | None = None, num_classes: int | None = None,
                   augmentation: str | None = None, prefetch: int = 2, synthetic_batches_per_epoch: int = 100,
-                  jpeg_decode: str = "scaled", gpu_batched: bool = True):
+                  jpeg_decode: str = "scaled", gpu_batched: bool = True, dali_ops: str = "resnext"):
     """A loader of (images, labels) device batches; see docs/ARCHITECTURE.md "Data contract".
 
     backend: pytorch | gpu | dali-cpu | dali-gpu | synthetic.
@@ -64,6 +64,8 @@ def create_loader(backend: str, root: str | os.PathLike | None = None, *, train:
         Evaluation loaders always decode in full.
     gpu_batched: the gpu backend crops, resizes and flips a whole batch in a few launches
         (gpu.batched_resized_crop); False runs the per-sample reference path.
+    dali_ops: the DALI backends' pipeline: "resnext" (the same pixels as the pytorch backend) or "nvidia"
+        (NVIDIA's operators and parameters, what `resnext train` runs by default); see data/dali.py.
     """
     if backend not in BACKENDS:
         close = difflib.get_close_matches(str(backend), BACKENDS, n=1)
@@ -90,8 +92,13 @@ def create_loader(backend: str, root: str | os.PathLike | None = None, *, train:
     if root is None:
         raise UserError(f"the {backend} backend reads a dataset folder; give its path "
                         "(or use --data-backend synthetic).")
-    preprocess = (TrainAugment(image_size, interpolation, augmentation) if train
-                  else EvalPreprocess(image_size, crop_pct, interpolation))
+    if interpolation == "triangular" and not backend.startswith("dali"):
+        raise UserError(f"interpolation 'triangular' exists in DALI only; use bilinear or bicubic with the {backend} "
+                        "backend, or a DALI backend.")
+    preprocess = None
+    if not backend.startswith("dali"):
+        preprocess = (TrainAugment(image_size, interpolation, augmentation) if train
+                      else EvalPreprocess(image_size, crop_pct, interpolation))
     folder = ImageFolder(resolve_split(root, train))
     if num_classes is not None and num_classes != len(folder.class_names):
         raise UserError(f"'{folder.root}' has {len(folder.class_names)} class folders but num_classes is "
@@ -106,7 +113,7 @@ def create_loader(backend: str, root: str | os.PathLike | None = None, *, train:
         from .dali import DaliLoader
 
         loader = DaliLoader(folder, decode_on_gpu=backend == "dali-gpu", image_size=image_size, crop_pct=crop_pct,
-                            interpolation=interpolation, **common)
+                            interpolation=interpolation, ops=dali_ops, **common)
     elif backend == "gpu":
         from .gpu import GpuLoader
 
@@ -125,3 +132,35 @@ def create_loader(backend: str, root: str | os.PathLike | None = None, *, train:
         raise UserError(f"'{folder.root}' has {len(folder)} images, fewer than one batch of {batch_size} per process "
                         f"({world_size} processes); lower the batch size.")
     return loader
+
+
+def resolve_backend(name: str | None) -> str:
+    """`name`, or for None NVIDIA's default dali-cpu when DALI is installed, else pytorch (with a notice)."""
+    if name is not None:
+        return name
+    import importlib.util
+    import logging
+
+    try:
+        found = importlib.util.find_spec("nvidia.dali") is not None
+    except ModuleNotFoundError:
+        found = False
+    if found:
+        return "dali-cpu"
+    logging.getLogger("resnext").info("--data-backend: NVIDIA's default dali-cpu needs DALI, which is not installed "
+                                      "(pip install 'resnext[dali]'); using pytorch.")
+    return "pytorch"
+
+
+def check_num_classes(num_classes: int | None, class_names: list[str], where) -> None:
+    """A classifier of `num_classes` outputs fits the dataset when it has an output for every class folder; more is
+    allowed (NVIDIA's --num_classes 1000 on a smaller dataset: the extra outputs are never a label)."""
+    if num_classes is None or num_classes == len(class_names):
+        return
+    if num_classes < len(class_names):
+        raise UserError(f"--num-classes {num_classes} does not match the {len(class_names)} class folders in {where}; "
+                        "drop --num-classes or fix the dataset.")
+    import logging
+
+    logging.getLogger("resnext").info(f"the classifier has {num_classes} outputs for {len(class_names)} class folders "
+                                      f"in {where}; outputs {len(class_names)}-{num_classes - 1} are never a label.")

@@ -1,11 +1,20 @@
-"""The `dali-cpu` and `dali-gpu` backends: NVIDIA DALI pipelines with NVIDIA's parameters (optional extra).
+"""The `dali-cpu` and `dali-gpu` backends: NVIDIA DALI pipelines (optional extra).
 
-Install with `pip install 'resnext[dali]'`. Train: `decoders.image_random_crop` (area 0.08-1, aspect 3/4-4/3,
-100 attempts), `resize` to image_size, `crop_mirror_normalize` with a coin-flip mirror; eval: decode, resize
-the shorter side to round(image_size / crop_pct), center crop, with torchvision's rounding. `dali-gpu`
-decodes with nvJPEG ("mixed") and resizes on the GPU; `dali-cpu` decodes and resizes on the CPU, and
-normalizes on the GPU when the device is CUDA (NVIDIA's arrangement). On a machine without a GPU, dali-cpu
-runs with device_id=None.
+Install with `pip install 'resnext[dali]'`. Two pipelines (`ops`):
+
+- "nvidia" (`resnext train`'s default, --dali-ops; NVIDIA's HybridTrainPipe / HybridValPipe in image_classification/dataloaders.py). Train:
+  decode (`dali-cpu`: on the CPU; `dali-gpu`: nvJPEG "mixed"), `random_resized_crop` to image_size (area 0.08-1,
+  aspect 3/4-4/3, 100 attempts, no antialiasing) where the decoder put the image, `crop_mirror_normalize` with a
+  coin-flip mirror. Eval: the "mixed" decoder for both backends, `resize` of the shorter side to image size + 32
+  (image_size / crop_pct with --crop-pct) without antialiasing, DALI's center crop. On a machine without a GPU
+  everything runs on the CPU.
+- "resnext" (ours: create_loader's default, evaluate / data compare, `--dali-ops resnext`): the same pixels as the pytorch backend would crop. Train:
+  `decoders.image_random_crop` (the same crop parameters), antialiased `resize`; eval: decode, antialiased resize
+  of the shorter side to round(image_size / crop_pct) and a center crop with torchvision's rounding. `dali-gpu`
+  decodes and resizes on the GPU, `dali-cpu` on the CPU.
+
+Both normalize on the GPU when the device is CUDA (NVIDIA's arrangement); without a GPU, DALI runs with
+device_id=None.
 
 What differs from the `pytorch` and `gpu` backends, by DALI's design:
 - The sample order and the shards are the same (DALI reads the file list this module gives it, per rank and
@@ -57,7 +66,10 @@ class DaliLoader(SkipRecorder):
     def __init__(self, folder: ImageFolder, *, decode_on_gpu: bool, train: bool, batch_size: int, image_size: int,
                  crop_pct: float, interpolation: str, workers: int, device: torch.device,
                  memory_format: torch.memory_format, rank: int, world_size: int, seed: int, drop_last: bool,
-                 prefetch: int):
+                 prefetch: int, ops: str = "resnext"):
+        if ops not in ("nvidia", "resnext"):
+            raise UserError(f"unknown DALI pipeline '{ops}'; choose nvidia or resnext.")
+        self.ops = ops
         if decode_on_gpu and device.type != "cuda":
             raise UserError("dali-gpu decodes on the GPU and needs a CUDA device; use dali-cpu on a machine "
                             "without one.")
@@ -88,7 +100,8 @@ class DaliLoader(SkipRecorder):
         device_id = None
         if on_gpu:
             device_id = self.device.index if self.device.index is not None else torch.cuda.current_device()
-        interp = types.INTERP_CUBIC if self.interpolation == "bicubic" else types.INTERP_LINEAR
+        interp = {"bicubic": types.INTERP_CUBIC, "triangular": types.INTERP_TRIANGULAR}.get(self.interpolation,
+                                                                                          types.INTERP_LINEAR)
         decoder = "mixed" if self.decode_on_gpu else "cpu"
         # NVIDIA's paddings: the nvJPEG buffers are sized once for ImageNet instead of growing batch by batch.
         padding = {"device_memory_padding": 211025920, "host_memory_padding": 140544512} if self.decode_on_gpu else {}
@@ -100,7 +113,10 @@ class DaliLoader(SkipRecorder):
         def pipeline():
             jpegs, label = fn.readers.file(files=files, labels=labels, random_shuffle=False, pad_last_batch=True,
                                            name="Reader")
-            if self.train:
+            crop_window = None
+            if self.ops == "nvidia":
+                images, mirror, crop_window = self._nvidia_ops(fn, types, jpegs, interp, decoder, padding, on_gpu)
+            elif self.train:
                 images = fn.decoders.image_random_crop(jpegs, device=decoder, output_type=types.RGB,
                                                        random_aspect_ratio=[0.75, 4.0 / 3.0], random_area=[0.08, 1.0],
                                                        num_attempts=100, **padding)
@@ -113,12 +129,27 @@ class DaliLoader(SkipRecorder):
                 mirror = 0
             if on_gpu:
                 images, label = images.gpu(), label.gpu()
+            crop = {"crop": crop_window} if crop_window else {}
             images = fn.crop_mirror_normalize(images, dtype=types.FLOAT, output_layout=layout, mirror=mirror,
                                               mean=[m * 255 for m in IMAGENET_MEAN],
-                                              std=[s * 255 for s in IMAGENET_STD])
+                                              std=[s * 255 for s in IMAGENET_STD], **crop)
             return images, label
 
         return pipeline()
+
+    def _nvidia_ops(self, fn, types, jpegs, interp, decoder, padding, on_gpu):
+        """NVIDIA's operators: decode, then random_resized_crop (train) or resize_shorter (eval), no antialiasing."""
+        size = self.image_size
+        if self.train:
+            images = fn.decoders.image(jpegs, device=decoder, output_type=types.RGB, **padding)
+            images = fn.random_resized_crop(images, size=[size, size], interp_type=interp,
+                                            random_aspect_ratio=[0.75, 4.0 / 3.0], random_area=[0.08, 1.0],
+                                            num_attempts=100, antialias=False)
+            return images, fn.random.coin_flip(probability=0.5), None
+        # NVIDIA decodes validation images with nvJPEG ("mixed") for dali-cpu too; without a GPU, on the CPU.
+        images = fn.decoders.image(jpegs, device="mixed" if on_gpu else "cpu", output_type=types.RGB)
+        images = fn.resize(images, resize_shorter=self.resize_shorter, interp_type=interp, antialias=False)
+        return images, 0, (size, size)
 
     def _eval_resize_crop(self, fn, types, images, shape, interp):
         """torchvision's eval geometry in DALI arithmetic, so that both backends crop the very same pixels.

@@ -1,8 +1,8 @@
 """The recipe's preprocessing, shared by every backend that runs in PyTorch and by evaluate/predict/export.
 
 Train (NVIDIA's recipe): RandomResizedCrop (area 0.08-1, aspect 3/4-4/3) to `image_size`, horizontal flip
-with probability 1/2, optional AutoAugment (ImageNet policy). Eval: resize the shorter side to
-round(image_size / crop_pct), center crop `image_size`. Both resize with antialiasing. Normalization with
+with probability 1/2, optional AutoAugment (NVIDIA's ImageNet policy, data/autoaugment.py). Eval: resize the
+shorter side to round(image_size / crop_pct), center crop `image_size`. Both resize with antialiasing. Normalization with
 ImageNet's mean/std runs on the device, on uint8 batches (`normalize_batch`).
 
 The crop box, the flip and the AutoAugment choices of a sample are drawn from a generator seeded with that
@@ -20,9 +20,10 @@ import torch
 import torchvision.transforms.v2.functional as F
 from PIL import Image
 from torch import Tensor
-from torchvision.transforms import AutoAugment, AutoAugmentPolicy, InterpolationMode
+from torchvision.transforms import InterpolationMode
 
 from ..errors import UserError
+from ..recipe import AUGMENTATIONS as TRAIN_AUGMENTATIONS
 from .decode import JpegHeader, UnreadableImageError, decode_jpeg_scaled, load_image, to_rgb
 
 __all__ = ["IMAGENET_MEAN", "IMAGENET_STD", "INTERPOLATIONS", "AUGMENTATIONS", "UnreadableImageError", "load_image",
@@ -36,7 +37,7 @@ CROP_RATIO = (3 / 4, 4 / 3)
 INTERPOLATIONS = {"bilinear": InterpolationMode.BILINEAR, "bicubic": InterpolationMode.BICUBIC}
 PIL_FILTERS = {InterpolationMode.BILINEAR: Image.Resampling.BILINEAR,
                InterpolationMode.BICUBIC: Image.Resampling.BICUBIC}
-AUGMENTATIONS = (None, "autoaugment")
+AUGMENTATIONS = (None, *TRAIN_AUGMENTATIONS)
 
 
 def interpolation_mode(name: str) -> InterpolationMode:
@@ -93,7 +94,11 @@ class TrainAugment:
             raise UserError(f"unknown augmentation '{augmentation}'; choose autoaugment or none.")
         self.image_size = image_size
         self.interpolation = interpolation_mode(interpolation)
-        self.autoaugment = AutoAugment(AutoAugmentPolicy.IMAGENET) if augmentation == "autoaugment" else None
+        self.autoaugment = None
+        if augmentation == "autoaugment":
+            from .autoaugment import NvidiaAutoAugment
+
+            self.autoaugment = NvidiaAutoAugment()
 
     def draw(self, height: int, width: int,
              sample_seed: int) -> tuple[tuple[int, int, int, int], bool, random.Random]:
@@ -113,12 +118,7 @@ class TrainAugment:
     def auto_augment(self, image: Tensor, rng: random.Random) -> Tensor:
         """AutoAugment (when on) the cropped image, its choices drawn from `rng`; the image itself when off."""
         if self.autoaugment is not None:
-            # torchvision's AutoAugment draws from torch's global CPU generator: seed it per sample, and restore
-            # it so the caller's random state (the training process's, when workers=0) is untouched. Only the
-            # CPU generator: torch.manual_seed would also reseed every CUDA generator.
-            with torch.random.fork_rng(devices=[]):
-                torch.default_generator.manual_seed(rng.getrandbits(63))
-                image = self.autoaugment(image)
+            image = self.autoaugment(image, rng)  # NVIDIA's order: crop, flip, then AutoAugment
         return image
 
     def __call__(self, image: Tensor, sample_seed: int) -> Tensor:
