@@ -69,7 +69,8 @@ class TrainConfig:
     memory_format: str | None = None  # None: nhwc on CUDA, nchw on CPU
     static_loss_scale: float = 128.0
     dynamic_loss_scale: bool = True
-    compile: bool = False
+    compile: bool = False  # torch.compile the whole training step (resnext.step)
+    cuda_graphs: bool = False  # replay the training step from a CUDA graph (resnext.step)
     sync_bn: bool = False
     deterministic: bool = False
     device: str | None = None  # None: cuda if available, else cpu

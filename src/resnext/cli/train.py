@@ -107,7 +107,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                        help="initial fp16 loss scale")
     speed.add_argument("--dynamic-loss-scale", action=argparse.BooleanOptionalAction, default=True,
                        help="grow the fp16 loss scale x2 after 100 clean steps (--no-dynamic-loss-scale: static)")
-    speed.add_argument("--compile", action="store_true", help="torch.compile the model")
+    speed.add_argument("--compile", action="store_true",
+                       help="torch.compile the whole training step: forward, loss, backward and optimizer update")
+    speed.add_argument("--cuda-graphs", action="store_true",
+                       help="capture the training step in a CUDA graph once and replay it (one CUDA GPU, SGD)")
     speed.add_argument("--sync-bn", action="store_true", help="BatchNorm statistics over all processes")
     speed.add_argument("--deterministic", action="store_true", help="bit-reproducible kernels (slower)")
     speed.add_argument("--device", default=None, help="cpu, cuda or cuda:N (default: cuda if available)")
