@@ -31,8 +31,7 @@ from torch import nn
 from . import checkpoint as ckpt
 from . import distributed
 from .data.base import Batch, Loader
-from .device import autocast, configure_backends, make_grad_scaler, resolve_memory_format, resolve_precision, \
-    synchronize
+from .device import configure_backends, make_grad_scaler, resolve_memory_format, resolve_precision, synchronize
 from .distributed import DistEnv
 from .ema import ModelEMA
 from .errors import CheckpointNotSaved, TrainingDiverged, UserError
