@@ -19,7 +19,7 @@ from resnext.recipe import TrainConfig
 from resnext.training import train
 
 from test_step import CHANGE_TOLERANCE, LOSS_RTOL, change_difference
-from test_train import final_state, log_entries, tiny_config
+from test_train import assert_same_weights, final_state, log_entries, tiny_config
 
 TESTS = Path(__file__).parent
 
@@ -201,32 +201,37 @@ def test_mixed_precision_on_cpu(small_data, tmp_path):
 
 @pytest.mark.slow
 def test_compile(small_data, tmp_path):
-    """--compile (the whole step compiled) writes checkpoints an eager run continues, and continues an eager run's:
-    a run switching eager -> compiled -> eager logs and saves what an eager run does, its numbers within
+    """--compile (the whole step compiled) resumes exactly, writes checkpoints an eager run continues and continues an
+    eager run's: a run switching eager -> compiled -> eager logs and saves what a compiled run does, within
     test_step's tolerances."""
     # 5 steps of 2 micro-batches with MixUp: test_step's shapes, so the graphs compiled there are reused. A small,
     # clipped LR, as in test_step: at this test's default LR (0.032) the loss rises and the steps amplify rounding.
     options = dict(epochs=1, training_only=True, mixup=0.2, optimizer_batch_size=32, print_freq=1, lr=0.01,
                    grad_clip=1.0)
-    train(tiny_config(small_data, tmp_path / "eager", **options))
+    train(tiny_config(small_data, tmp_path / "compiled", compile=True, **options))
+    train(tiny_config(small_data, tmp_path / "split", compile=True, prof=2, **options))
+    train(tiny_config(small_data, tmp_path / "split", compile=True, resume="auto", **options))
+    compiled = final_state(tmp_path / "compiled")
+    assert_same_weights(compiled, final_state(tmp_path / "split"))  # the same compiled arithmetic at every step
+
     switched = tmp_path / "switched"
     train(tiny_config(small_data, switched, prof=2, **options))
     train(tiny_config(small_data, switched, prof=2, compile=True, resume="auto", **options))
     summary = train(tiny_config(small_data, switched, resume="auto", **options))
     assert summary["exit.reason"] == "completed"
-    eager, mixed = final_state(tmp_path / "eager"), final_state(switched)
-    assert mixed["global_step"] == eager["global_step"] == 5
-    assert not any(k.startswith("_orig_mod") for k in mixed["model"])  # clean names saved
-    assert all(type(g["lr"]) is float for g in mixed["optimizer"]["param_groups"])  # not the compiled step's tensor
-    assert change_difference(mixed["model"], eager["model"], tiny_start_weights(small_data, tmp_path)) < \
-        CHANGE_TOLERANCE
+    mixed = final_state(switched)
+    assert mixed["global_step"] == compiled["global_step"] == 5
+    assert not any(k.startswith("_orig_mod") for k in compiled["model"])  # clean names saved
+    assert all(type(g["lr"]) is float for g in compiled["optimizer"]["param_groups"])  # not the step's LR tensor
+    start = tiny_start_weights(small_data, tmp_path)
+    assert change_difference(mixed["model"], compiled["model"], start) < CHANGE_TOLERANCE
 
     def steps(workspace):  # the last entry written for each step, as readers keep it
         return {tuple(e["step"]): e["data"] for e in log_entries(workspace) if len(e["step"]) == 2}
 
-    eager_steps, mixed_steps = steps(tmp_path / "eager"), steps(switched)
-    assert eager_steps.keys() == mixed_steps.keys() and len(eager_steps) == 5
-    for key, data in eager_steps.items():
+    compiled_steps, mixed_steps = steps(tmp_path / "compiled"), steps(switched)
+    assert compiled_steps.keys() == mixed_steps.keys() and len(compiled_steps) == 5
+    for key, data in compiled_steps.items():
         assert mixed_steps[key].keys() == data.keys()
         assert mixed_steps[key]["train.loss"] == pytest.approx(data["train.loss"], rel=LOSS_RTOL)
         assert mixed_steps[key]["train.lr"] == data["train.lr"]

@@ -12,9 +12,10 @@
   backward runs compiled too (BatchNorm, ReLU and residual adds fused in both directions, the loss fused with the
   classifier);
 - the optimizer's update (PyTorch's compiled optimizer), with the learning rate held in device tensors, so a new LR
-  each step does not recompile (PyTorch recipe "Running the compiled optimizer with an LR Scheduler"). The first
-  update of a process runs eagerly: it creates the optimizer state (momentum buffers), so the update compiles once,
-  for the steady state.
+  each step does not recompile (PyTorch recipe "Running the compiled optimizer with an LR Scheduler"). It compiles
+  twice: for the first update, which creates the optimizer state (momentum buffers), and for every later one. Every
+  update is compiled, also the first after a resume, so a resumed compiled run does the same arithmetic as an
+  uninterrupted one (resume stays exact).
 Left outside the compiled regions, on purpose: the loss scaler (TorchDynamo does not trace torch.amp.GradScaler;
 its scale, inf check and update are a few device operations around the compiled update); MixUp's host-side random
 draws (training mixes the batch before the step); the EMA update (training, after the step: one fused lerp);
@@ -143,13 +144,8 @@ class CompiledStep(TrainStep):
         self.use_tensor_lr()
         self.loss = torch.compile(self.loss)
         self._compiled_optimizer_step = torch.compile(self.optimizer.step)
-        self._eager_updates = 1
 
     def update(self) -> None:
-        if self._eager_updates:
-            self._eager_updates -= 1
-            super().update()
-            return
         # The scaler calls optimizer.step(); the compiled one stands in for it during this update only.
         self.optimizer.step = self._compiled_optimizer_step
         try:
