@@ -18,25 +18,27 @@
   uninterrupted one (resume stays exact).
 Left outside the compiled regions, on purpose: the loss scaler (TorchDynamo does not trace torch.amp.GradScaler;
 its scale, inf check and update are a few device operations around the compiled update); MixUp's host-side random
-draws (training mixes the batch before the step); the EMA update (training, after the step: one fused lerp);
+draws (training mixes the batch before the step); the EMA update (training, after the step: a fused lerp);
 gradient accumulation (one compiled forward/backward per micro-batch, DDP's no_sync for all but the last); DDP's
 all-reduce (its C++ reducer; TorchDynamo's DDP optimizer splits the compiled forward at bucket boundaries so the
 backward keeps overlapping communication). Compiled autograd is not used: with one forward graph AOTAutograd
-already compiles the entire backward, and compiled autograd would add only the accumulation into `.grad` (free
-with set_to_none) at the cost of a second graph per accumulation position.
+already compiles the entire backward; compiled autograd would add only the accumulation into `.grad` (nothing to
+add for one micro-batch after zero_grad(set_to_none=True)), and under torchrun it needs DDP's Python reducer.
 
 `GraphedStep` (--cuda-graphs) records the whole step, eager or compiled (forward, loss, backward, unscale, clipping,
 the fused SGD update and the loss scaler's update), once in a CUDA graph and replays it (PyTorch's "CUDA Graphs:
 whole network capture"), removing the per-kernel launch cost from the CPU's critical path. Training batches always
 have the same shape (drop_last), so each micro-batch is copied into a static input buffer; the LR goes into a
 device tensor that the fused SGD kernel reads; the loss scale and its growth counter already live on the device,
-and the fused kernel skips a non-finite update on the device. The first WARMUP_STEPS steps run eagerly on a side
-stream (cuDNN autotuning, optimizer state, compilation), and the next one is captured, then replayed. It needs a
-CUDA device, one process (DDP's all-reduce is not captured) and the SGD optimizer (RMSprop's unfused update would
-have the loss scaler wait for the device, which a graph cannot do).
+and the fused kernel skips a non-finite update on the device. The first WARMUP_STEPS steps run uncaptured on a
+side stream (cuDNN autotuning, optimizer state, compilation), and the next one is captured, then replayed. It needs
+a CUDA device, one process (DDP's all-reduce is not captured) and the SGD optimizer (its fused kernel reads the LR
+and the loss scaler's inf flag on the device; RMSprop's update keeps its step count on the host).
 
-The numbers a run logs and the checkpoints it writes are the same whichever step runs it: the param groups hold
-the LR as a float outside the update, and every variant updates the same model, optimizer and scaler objects.
+A run logs the same entries and writes checkpoints of the same layout whichever step runs it (the param groups
+hold the LR as a float outside the update, and every variant updates the same model, optimizer and scaler
+objects), so a checkpoint resumes with or without either flag; under --compile the values differ from the eager
+step's by float rounding only (compiled kernels sum in another order).
 """
 from __future__ import annotations
 
@@ -52,7 +54,7 @@ from .errors import UserError
 from .recipe import TrainConfig
 
 Batch = tuple[Tensor, Tensor]  # images (N, C, H, W) float; targets (N,) int64 labels or (N, classes) float MixUp
-WARMUP_STEPS = 3  # eager steps before the capture (PyTorch's whole-network capture example warms up 3 iterations)
+WARMUP_STEPS = 3  # uncaptured steps before the capture (PyTorch's whole-network capture example warms up 3)
 
 
 class TrainStep:
@@ -157,7 +159,7 @@ class CompiledStep(TrainStep):
 
 class GraphedStep:
     """`step` (a TrainStep or CompiledStep built with autocast_cache=False) captured in one CUDA graph after
-    WARMUP_STEPS eager steps, then replayed with each batch copied into the captured input buffers."""
+    WARMUP_STEPS uncaptured steps, then replayed with each batch copied into the captured input buffers."""
 
     def __init__(self, step: TrainStep) -> None:
         self.step = step
