@@ -73,7 +73,8 @@ def train_command(compile_: bool) -> list[str]:
 
 
 def steps() -> list[tuple[str, int, object]]:
-    """(name, seconds it needs on an H200, command or a function of the results so far that returns one)."""
+    """(name, seconds it needs on an H200, command, a function of the results so far that returns one, or None for
+    a CUDA-only step in the --quick dry run)."""
     def end_to_end(results: dict) -> list[str]:
         timed = results.get("data", {}).get("result", {}).get("backends", {})
         real = {name: figures for name, figures in timed.items() if name in ("pytorch", "gpu")}  # not the variants
@@ -83,9 +84,18 @@ def steps() -> list[tuple[str, int, object]]:
 
     bf16_or_fp32 = "fp32" if QUICK else "amp-bf16"  # CPU bf16 convolutions take minutes at these sizes
     GRAPHS = [] if QUICK else ["--cuda-graphs"]  # CUDA only
+
+    def cuda_only(command: list[str]) -> list[str] | None:  # None: skipped in the CPU dry run, with a line saying so
+        return None if QUICK else command
+
     return [
         ("peer_baseline", 120, [sys.executable, str(PEER_SCRIPT), *PEER_ARGS]),
         ("train_eager", 40, bench("--mode", "train", "-b", BATCH, *TRAIN_STEPS, "--compare", "timm")),
+        # The training step replayed from a CUDA graph, and its numbers against the eager step (tests/test_step.py;
+        # on the CPU the CUDA tests are skipped, which still checks that the step starts).
+        ("train_graphs", 40, cuda_only(bench("--mode", "train", "-b", BATCH, *TRAIN_STEPS, "--cuda-graphs"))),
+        ("step_cuda_tests", 30, [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "tests/test_step.py",
+                                 "-k", "cuda_graph"]),
         # The data backends' contract and pixels on the GPU (nvJPEG decode, device crops, broken files).
         ("data_contract", 90, [sys.executable, str(REPO / "scripts" / "data_device_check.py"), *DATA_CHECK,
                                "--out", str(OUT / "data_device.json")]),
@@ -98,7 +108,11 @@ def steps() -> list[tuple[str, int, object]]:
                            "--compare", "torchvision", "-j", WORKERS, "-b", "8" if QUICK else BATCH, *DATA_STEPS)),
         ("train_jpeg", 40, end_to_end),
         ("resnext_train", 30, train_command(compile_=False)),
-        ("train_compile", 150, bench("--mode", "train", "-b", BATCH, *TRAIN_STEPS, "--compile")),
+        # --compile compiles the whole training step (forward, loss, backward, optimizer update).
+        ("train_compile", 160, bench("--mode", "train", "-b", BATCH, *TRAIN_STEPS, "--compile")),
+        # Inductor's caches from train_compile make this one's compilation short.
+        ("train_compile_graphs", 90, cuda_only(bench("--mode", "train", "-b", BATCH, *TRAIN_STEPS, "--compile",
+                                                     "--cuda-graphs"))),
         ("infer_b256_compile", 110, bench("--mode", "infer", "-b", BATCH, *TRAIN_STEPS, "--compile",
                                           "--compare", "timm")),
         ("infer_b1_compile_graph", 60, bench("--mode", "infer", "-b", "1", *B1_STEPS, "--compile", *GRAPHS)),
@@ -194,6 +208,10 @@ def main() -> int:
     with open(OUT / "gpu_check.log", "w") as log:
         for name, needs, command in steps():
             if ONLY is not None and name not in ONLY:
+                continue
+            if command is None:
+                results[name] = {"status": "skipped", "reason": "CUDA only; the --quick dry run is on the CPU"}
+                print(f"{name:<24} skipped (CUDA only; the --quick dry run is on the CPU)", flush=True)
                 continue
             left = BUDGET_S - (time.time() - started)
             if left < needs:

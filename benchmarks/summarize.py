@@ -46,7 +46,7 @@ def summary_table(results: dict, peer: dict) -> str:
     peer_train = peer.get("train", {}).get(PEER_TRAIN, {})
     peer_infer = peer.get("infer", {})
 
-    step, ours = _best(results, ("train_eager", "train_compile"), "img_s")
+    step, ours = _best(results, ("train_eager", "train_graphs", "train_compile", "train_compile_graphs"), "img_s")
     rows.append(("training, synthetic, b256, AMP fp16, NHWC", f"{_number(ours.get('img_s'), unit=' img/s')} ({step})",
                  f"{_number(peer_train.get('img_s'), unit=' img/s')} (timm eager, peers' script)",
                  *_ratio(ours.get("img_s"), peer_train.get("img_s"), 1.3)))

@@ -5,6 +5,7 @@ from __future__ import annotations
 import importlib.util
 
 import pytest
+import torch
 
 
 def installed(module: str) -> bool:
@@ -29,3 +30,7 @@ needs_matplotlib = needs("report", "matplotlib")
 needs_tensorboard = needs("tensorboard", "tensorboard")
 needs_skimage = needs("bench", "skimage")
 needs_yaml = needs("nvidia", "yaml")
+
+# Not a package: a device. Tests of CUDA-only paths (CUDA graphs) run wherever one is visible.
+needs_cuda = pytest.mark.skipif(not torch.cuda.is_available(),
+                                reason="needs a CUDA GPU (benchmarks/gpu_check.sh runs these tests on one)")

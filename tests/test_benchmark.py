@@ -116,7 +116,8 @@ def test_data_only_times_each_backend(small_data):
 
 @pytest.mark.parametrize("args, message", [
     (["--mode", "infer", "--cuda-graphs"], "--cuda-graphs needs a CUDA device"),
-    (["--mode", "train", "--cuda-graphs"], "--cuda-graphs applies to --mode infer"),
+    (["--mode", "train", "--cuda-graphs"], "--cuda-graphs captures the training step on a CUDA GPU"),
+    (["--data-only", "x", "--cuda-graphs"], "--cuda-graphs apply to --mode train and infer"),
     (["--mode", "train", "--fold-bn"], "--fold-bn applies to --mode infer"),
     (["--mode", "train", "--data", "x", "--compare", "timm"], "--compare times the peer on synthetic data"),
     (["--mode", "train", "--compare", "timm"], "timm has no resnext_tiny"),

@@ -18,7 +18,8 @@ from resnext.logger import RunLogger
 from resnext.recipe import TrainConfig
 from resnext.training import train
 
-from test_train import final_state, log_entries, tiny_config
+from test_step import CHANGE_TOLERANCE, LOSS_RTOL, change_difference
+from test_train import assert_same_weights, final_state, log_entries, tiny_config
 
 TESTS = Path(__file__).parent
 
@@ -82,7 +83,9 @@ BEHAVIOUR_TESTS = {
     "--memory-format": "test_train_options.py::test_mixed_precision_on_cpu",
     "--static-loss-scale": "test_train_options.py::test_mixed_precision_on_cpu",
     "--dynamic-loss-scale": "test_recipe.py::test_fp16_scaler_is_nvidias_dynamic_scaler",
-    "--compile": "test_train_options.py::test_compile",
+    "--compile": "test_train_options.py::test_compile test_step.py::test_compiled_step_matches_eager",
+    "--cuda-graphs": "test_step.py::test_cuda_graphs_refusals_are_one_sentence_before_set_up "
+                     "test_step.py::test_cuda_graph_step_matches_eager",
     "--sync-bn": "test_train.py::test_torchrun_two_ranks_match_one_process_with_twice_the_batch",
     "--deterministic": "test_train_options.py::test_seed_and_deterministic",
     "--device": "test_train_options.py::test_device_errors",
@@ -140,7 +143,7 @@ def test_every_option_reaches_the_config():
             "--momentum", "0.5", "--wd", "0.01", "--bn-weight-decay", "--rmsprop-alpha", "0.8",
             "--rmsprop-eps", "0.01", "--nesterov", "--grad-clip", "2.5", "--use-ema", "0.999",
             "--precision", "amp-bf16", "--memory-format", "nhwc", "--static-loss-scale", "64",
-            "--no-dynamic-loss-scale", "--compile", "--sync-bn", "--deterministic", "--device", "cpu",
+            "--no-dynamic-loss-scale", "--compile", "--cuda-graphs", "--sync-bn", "--deterministic", "--device", "cpu",
             "--dist-backend", "gloo", "--seed", "11", "--max-nonfinite-steps", "7", "--workspace", "ws",
             "--resume", "auto", "--checkpoint-filename", "last.pt", "--gather-checkpoints", "-1",
             "--checkpoint-interval", "50", "--no-checkpoints", "--training-only", "-p", "3",
@@ -159,8 +162,9 @@ def test_every_option_reaches_the_config():
                     label_smoothing=0.2, mixup=0.4, optimizer="rmsprop", momentum=0.5, weight_decay=0.01,
                     bn_weight_decay=True, rmsprop_alpha=0.8, rmsprop_eps=0.01, nesterov=True, grad_clip=2.5,
                     use_ema=0.999, precision="amp-bf16", memory_format="nhwc", static_loss_scale=64,
-                    dynamic_loss_scale=False, compile=True, sync_bn=True, deterministic=True, device="cpu",
-                    dist_backend="gloo", join_timeout=30, jpeg_decode="scaled", seed=11, max_nonfinite_steps=7, workspace="ws", resume="auto",
+                    dynamic_loss_scale=False, compile=True, cuda_graphs=True, sync_bn=True, deterministic=True,
+                    device="cpu", dist_backend="gloo", join_timeout=30, jpeg_decode="scaled", seed=11,
+                    max_nonfinite_steps=7, workspace="ws", resume="auto",
                     checkpoint_filename="last.pt", gather_checkpoints=-1, checkpoint_interval=50,
                     save_checkpoints=False, training_only=True, print_freq=3, raport_file="log.json", topk=3,
                     tensorboard=False, progress=True, dali_ops="resnext", gpu_affinity="socket", trt=True,
@@ -220,10 +224,49 @@ def test_mixed_precision_on_cpu(small_data, tmp_path):
     assert scales[0] in (32.0, 16.0, 8.0)  # starts at --static-loss-scale (halved on an fp16 overflow)
 
 
+@pytest.mark.slow
 def test_compile(small_data, tmp_path):
-    summary = train(tiny_config(small_data, tmp_path, epochs=1, run_steps=1, training_only=True, compile=True))
-    assert summary["exit.reason"] == "stopped" and final_state(tmp_path)["global_step"] == 1
-    assert not any(k.startswith("_orig_mod") for k in final_state(tmp_path)["model"])  # clean names saved
+    """--compile (the whole step compiled) resumes exactly, writes checkpoints an eager run continues and continues an
+    eager run's: a run switching eager -> compiled -> eager logs and saves what a compiled run does, within
+    test_step's tolerances."""
+    # 5 steps of 2 micro-batches with MixUp: test_step's shapes, so the graphs compiled there are reused. A small,
+    # clipped LR, as in test_step: at this test's default LR (0.032) the loss rises and the steps amplify rounding.
+    options = dict(epochs=1, training_only=True, mixup=0.2, optimizer_batch_size=32, print_freq=1, lr=0.01,
+                   grad_clip=1.0)
+    train(tiny_config(small_data, tmp_path / "compiled", compile=True, **options))
+    train(tiny_config(small_data, tmp_path / "split", compile=True, run_steps=2, **options))
+    train(tiny_config(small_data, tmp_path / "split", compile=True, resume="auto", **options))
+    compiled = final_state(tmp_path / "compiled")
+    assert_same_weights(compiled, final_state(tmp_path / "split"))  # the same compiled arithmetic at every step
+
+    switched = tmp_path / "switched"
+    train(tiny_config(small_data, switched, run_steps=2, **options))
+    train(tiny_config(small_data, switched, run_steps=2, compile=True, resume="auto", **options))
+    summary = train(tiny_config(small_data, switched, resume="auto", **options))
+    assert summary["exit.reason"] == "completed"
+    mixed = final_state(switched)
+    assert mixed["global_step"] == compiled["global_step"] == 5
+    assert not any(k.startswith("_orig_mod") for k in compiled["model"])  # clean names saved
+    assert all(type(g["lr"]) is float for g in compiled["optimizer"]["param_groups"])  # not the step's LR tensor
+    start = tiny_start_weights(small_data, tmp_path)
+    assert change_difference(mixed["model"], compiled["model"], start) < CHANGE_TOLERANCE
+
+    def steps(workspace):  # the last entry written for each step, as readers keep it
+        return {tuple(e["step"]): e["data"] for e in log_entries(workspace) if len(e["step"]) == 2}
+
+    compiled_steps, mixed_steps = steps(tmp_path / "compiled"), steps(switched)
+    assert compiled_steps.keys() == mixed_steps.keys() and len(compiled_steps) == 5
+    for key, data in compiled_steps.items():
+        assert mixed_steps[key].keys() == data.keys()
+        assert mixed_steps[key]["train.loss"] == pytest.approx(data["train.loss"], rel=LOSS_RTOL)
+        assert mixed_steps[key]["train.lr"] == data["train.lr"]
+
+
+def tiny_start_weights(data, tmp_path) -> dict:
+    """The initial weights of tiny_config's runs (the seed fixes them): a run of one step at LR ~0 saves them."""
+    train(tiny_config(data, tmp_path / "start", epochs=1, run_steps=1, training_only=True, lr=1e-30, momentum=0.0,
+                      weight_decay=0.0))
+    return final_state(tmp_path / "start")["model"]
 
 
 def test_seed_and_deterministic(small_data, tmp_path):

@@ -230,19 +230,20 @@ def _round_up(value: int, multiple: int) -> int:
 
 def benchmark_training(arch: str = "resnext101_32x4d", *, batch_size: int = 256, image_size: int = 224,
                        num_classes: int | None = None, precision: str | None = None, memory_format: str | None = None,
-                       compile: bool = False, device: str | None = None, data: str | None = None,
-                       data_backend: str = "synthetic", workers: int = 5, warmup: int = 20, steps: int = 50,
-                       window: int = 10, compare: str | None = None) -> dict:
+                       compile: bool = False, cuda_graphs: bool = False, device: str | None = None,
+                       data: str | None = None, data_backend: str = "synthetic", workers: int = 5, warmup: int = 20,
+                       steps: int = 50, window: int = 10, compare: str | None = None) -> dict:
     """img/s of our real training loop: `resnext.training.train` with `--prof`, read back from its DLLogger log.
 
     The loop runs warmup + steps optimizer steps (each rounded up to whole windows of `window` steps), logging
     every `window` steps; the windows after the warm-up give the median img/s (train.total_ips, data waits
     included). `data` (a folder with train/ and val/) and `data_backend` time it end to end on real files (whole
     epochs when the steps outnumber one epoch's); without `data` the synthetic backend feeds one device-resident
-    batch. num_classes defaults to 1000 on synthetic data and to the folder's class count. Peak device memory
-    is the process's max_memory_allocated; MFU is model FLOPs (3 x forward per image) over the matrix-multiply
-    peak measured in the same process. `compare` (synthetic data only) adds the peer's figures, timed by
-    time_peer_training, and ours / theirs.
+    batch. `compile` and `cuda_graphs` are training's --compile (the whole step compiled) and --cuda-graphs (the
+    step replayed from a CUDA graph), see resnext.step. num_classes defaults to 1000 on synthetic data and to the
+    folder's class count. Peak device memory is the process's max_memory_allocated; MFU is model FLOPs (3 x
+    forward per image) over the matrix-multiply peak measured in the same process. `compare` (synthetic data
+    only) adds the peer's figures, timed by time_peer_training, and ours / theirs.
     """
     from .device import resolve_device, resolve_memory_format, resolve_precision
     from .training import train
@@ -262,9 +263,8 @@ def benchmark_training(arch: str = "resnext101_32x4d", *, batch_size: int = 256,
     total = warmup_steps + timed_steps
     config = dict(arch=arch, batch_size=batch_size, image_size=image_size, num_classes=num_classes,
                   precision=precision or "auto", memory_format=memory_format or "auto", compile=compile,
-                  device=str(torch_device),
-                  data_backend=data_backend, workers=workers, print_freq=window, training_only=True,
-                  save_checkpoints=False, tensorboard=False, progress=False)
+                  cuda_graphs=cuda_graphs, device=str(torch_device), data_backend=data_backend, workers=workers,
+                  print_freq=window, training_only=True, save_checkpoints=False, tensorboard=False, progress=False)
     if data is None:
         if data_backend != "synthetic":
             raise UserError(f"--data-backend {data_backend} reads files; give the dataset folder with --data DIR.")
@@ -293,7 +293,7 @@ def benchmark_training(arch: str = "resnext101_32x4d", *, batch_size: int = 256,
     chosen_format = resolve_memory_format(memory_format, torch_device)
     result = {"mode": "train", "arch": arch, "batch_size": batch_size, "image_size": image_size,
               "precision": resolved_precision, "memory_format": _format_name(chosen_format), "compile": compile,
-              "cuda_graphs": False, "data_backend": data_backend, "data": data, "warmup_steps": warmup_steps,
+              "cuda_graphs": cuda_graphs, "data_backend": data_backend, "data": data, "warmup_steps": warmup_steps,
               "timed_steps": timed_steps, "window": window, **_rates_summary(rates, batch_size),
               "peak_memory_gb": peak_memory, **device_facts(torch_device)}
     peak = matmul_peak(torch_device, resolved_precision)

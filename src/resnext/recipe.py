@@ -318,7 +318,10 @@ class TrainConfig:
         if not (c.amp or c.precision in ("amp", "auto")) else None)
     compile: bool = option(
         False, "--compile", group="precision and speed", kind="flag", nvidia_parser=None,
-        help="torch.compile the model")
+        help="torch.compile the whole training step: forward, loss, backward and optimizer update (resnext.step)")
+    cuda_graphs: bool = option(
+        False, "--cuda-graphs", group="precision and speed", kind="flag", nvidia_parser=None,
+        help="capture the training step in a CUDA graph once and replay it (one CUDA GPU, SGD; resnext.step)")
     sync_bn: bool = option(
         False, "--sync-bn", group="precision and speed", kind="flag", nvidia_parser=None,
         help="BatchNorm statistics over all processes")

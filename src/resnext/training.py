@@ -3,7 +3,8 @@
     train(config)                       set up (setup), resume if asked, then fit or --evaluate
     fit(run, progress)                  per epoch: train_one_epoch, validate, checkpoint, until done or told to stop
     train_one_epoch(run, progress, ..)  the optimizer steps of one epoch (logging, stop checks, interval checkpoints)
-    train_step(run, batches, step, lr)  one optimizer step: AMP, accumulation, MixUp, clipping, EMA
+    train_step(run, batches, step, lr)  one optimizer step: MixUp, then run.step (resnext.step: eager, --compile,
+                                        --cuda-graphs; AMP, accumulation, clipping), then EMA
 
 `Run` is what set-up builds and nothing changes afterwards (the model, optimizer, loaders, logger, ...);
 `Progress` is where training stands (saved in every checkpoint); `Session` is what this invocation counted. A
@@ -16,7 +17,6 @@ fp16 AMP with RMSprop adds one wait per step (the loss scaler's inf check on an 
 """
 from __future__ import annotations
 
-import contextlib
 import logging
 import random
 import time
@@ -26,15 +26,13 @@ from typing import Iterator
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 from . import checkpoint as ckpt
 from . import distributed
 from .affinity import set_gpu_affinity
 from .data.base import Batch, Loader
-from .device import autocast, configure_backends, make_grad_scaler, resolve_memory_format, resolve_precision, \
-    synchronize
+from .device import configure_backends, make_grad_scaler, resolve_memory_format, resolve_precision, synchronize
 from .distributed import DistEnv
 from .ema import ModelEMA
 from .errors import CheckpointNotSaved, TrainingDiverged, UserError
@@ -45,6 +43,7 @@ from .models import create_model, resolve_arch, script_model
 from .optim import LRSchedule, build_optimizer
 from .preemption import StopSignal
 from .recipe import TrainConfig
+from .step import GraphedStep, TrainStep, check_supported, make_step
 from .workspace import check_resume_compatible, claim_workspace, locate_resume, prepare_workspace, \
     report_resume_changes
 
@@ -116,11 +115,12 @@ class Run:
     config: TrainConfig
     env: DistEnv
     model: nn.Module  # the bare module (no DDP, not compiled): what checkpoints hold
-    train_model: nn.Module  # what the step calls: DDP and/or torch.compile around `model`
+    train_model: nn.Module  # what the forward calls: DDP around `model` under torchrun, else `model`
     ddp: nn.parallel.DistributedDataParallel | None
     ema: ModelEMA | None
     optimizer: torch.optim.Optimizer
     scaler: torch.amp.GradScaler
+    step: TrainStep | GraphedStep  # forward, loss, backward and update: eager, compiled or a CUDA graph
     schedule: LRSchedule
     train_loader: Loader | None  # None under --evaluate
     val_loader: Loader | None  # None under --training-only
@@ -158,6 +158,8 @@ def train(config: TrainConfig) -> dict:
         env = distributed.setup(config.device, config.dist_backend, config.join_timeout)
         try:
             set_gpu_affinity(config.gpu_affinity, env)  # before the data workers start: they inherit it
+            config.validate(env.world_size)  # refusals come before the workspace is made or taken
+            check_supported(config, env.device, env.world_size)
             with claim_workspace(config, env):
                 run, progress, resume_path = setup(config, env)
                 try:
@@ -172,8 +174,8 @@ def train(config: TrainConfig) -> dict:
 
 
 def setup(config: TrainConfig, env: DistEnv) -> tuple[Run, Progress, Path | None]:
-    """Build the run `config` describes on this process, restored from its checkpoint when resuming."""
-    config.validate(env.world_size)
+    """Build the run `config` (validated: train() does it) describes on this process, restored from its checkpoint
+    when resuming."""
     precision = resolve_precision(config.training_precision(env.device.type), env.device)
     memory_format = resolve_memory_format(config.training_memory_format(), env.device)
     configure_backends(precision, config.deterministic)
@@ -230,16 +232,16 @@ def setup(config: TrainConfig, env: DistEnv) -> tuple[Run, Progress, Path | None
             model, device_ids=[env.device.index] if env.device.type == "cuda" else None,
             broadcast_buffers=False, gradient_as_bucket_view=True)
         train_model = ddp
-    if config.compile:
-        train_model = torch.compile(train_model)
     if config.jit == "script":
         train_model = script_model(train_model)
+    step = make_step(config, model, train_model, optimizer, scaler, precision=precision, accumulation=accumulation,
+                     ddp=ddp)
 
     schedule = LRSchedule.from_config(config, peak_lr, max(1, steps_per_epoch))
     if state is not None and not config.evaluate:
         report_resume_changes(state, config, schedule, progress.global_step)
     run = Run(config=config, env=env, model=model, train_model=train_model, ddp=ddp, ema=ema, optimizer=optimizer,
-              scaler=scaler, schedule=schedule,
+              scaler=scaler, step=step, schedule=schedule,
               train_loader=train_loader, val_loader=val_loader, class_names=class_names, precision=precision,
               accumulation=accumulation, steps_per_epoch=steps_per_epoch, logger=make_logger(config, env, workspace),
               health=LossHealth(env.device, config.max_nonfinite_steps),
@@ -413,39 +415,28 @@ def train_step(run: Run, batches: Iterator[Batch], global_step: int, lr: float) 
     Returns the step's mean loss (a 0-d tensor on the device, not synchronized) and the seconds spent waiting for
     data. A non-finite loss skips the update through the loss scaler's inf check.
     """
-    config, model = run.config, run.train_model
-    for group in run.optimizer.param_groups:
-        group["lr"] = lr
-    step_loss = torch.zeros((), device=run.device)
+    config = run.config
     data_time = 0.0
-    for micro in range(run.accumulation):
-        waited = time.perf_counter()
-        images, labels = next(batches)
-        data_time += time.perf_counter() - waited
-        targets = labels
-        if config.mixup > 0:
-            rng = step_rng(config.seed, global_step, micro, run.env.rank)
-            images, targets = mixup(images, labels, run.num_classes, config.mixup, rng)
-        # Gradients of all but the last micro-batch stay local; DDP all-reduces once per optimizer step.
-        last = micro == run.accumulation - 1
-        sync = run.ddp.no_sync() if run.ddp is not None and not last else contextlib.nullcontext()
-        with sync:
-            with autocast(run.device, run.precision):
-                logits = model(images)
-            loss = F.cross_entropy(logits.float(), targets, label_smoothing=config.label_smoothing)
-            run.scaler.scale(loss / run.accumulation).backward()
-        step_loss += loss.detach() / run.accumulation
-        if run.ema is not None and config.ema_update == "micro-batch" and not last:
-            run.ema.update(run.model, global_step * run.accumulation + micro)  # NVIDIA's: after every batch
-    if config.grad_clip:
-        run.scaler.unscale_(run.optimizer)
-        nn.utils.clip_grad_norm_(run.model.parameters(), config.grad_clip)
-    run.scaler.step(run.optimizer)
-    run.scaler.update(None if run.precision == "amp" else 1.0)
-    run.optimizer.zero_grad(set_to_none=True)
-    if run.ema is not None:  # t counts micro-batches under NVIDIA's rule, optimizer steps under ours
-        micro_batches = config.ema_update == "micro-batch"
-        run.ema.update(run.model, (global_step + 1) * run.accumulation - 1 if micro_batches else global_step)
+
+    def micro_batches() -> Iterator[Batch]:
+        nonlocal data_time
+        for micro in range(run.accumulation):
+            if micro and run.ema is not None and micro_batch_ema:
+                # NVIDIA's EMA moves after every batch: the step asks for this batch once the previous one's
+                # backward is done, so the average sees that batch's BatchNorm statistics.
+                run.ema.update(run.model, global_step * run.accumulation + micro - 1)
+            waited = time.perf_counter()
+            images, targets = next(batches)
+            data_time += time.perf_counter() - waited
+            if config.mixup > 0:  # MixUp's draws stay on the host, outside compiled code and CUDA graphs
+                rng = step_rng(config.seed, global_step, micro, run.env.rank)
+                images, targets = mixup(images, targets, run.num_classes, config.mixup, rng)
+            yield images, targets
+
+    micro_batch_ema = config.ema_update == "micro-batch"  # t counts micro-batches (NVIDIA's), else optimizer steps
+    step_loss = run.step(micro_batches(), lr)
+    if run.ema is not None:
+        run.ema.update(run.model, (global_step + 1) * run.accumulation - 1 if micro_batch_ema else global_step)
     return step_loss, data_time
 
 

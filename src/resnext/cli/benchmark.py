@@ -3,7 +3,8 @@ synchronized), step time, peak device memory and model-FLOPs utilization against
 in the same process. --mode train times resnext's own training loop (resnext train with --prof).
 
   resnext benchmark --mode train -b 256 --compare timm                 # synthetic data, AMP, channels_last
-  resnext benchmark --mode train -b 256 --compile
+  resnext benchmark --mode train -b 256 --compile                      # the whole training step compiled
+  resnext benchmark --mode train -b 256 --cuda-graphs                  # the training step replayed as a CUDA graph
   resnext benchmark --mode train --data /data/imagenet --data-backend gpu      # end to end on JPEG files
   resnext benchmark --mode infer -b 256 --compile --compare timm
   resnext benchmark --mode infer -b 1 --cuda-graphs --fold-bn --steps 500 --window 50    # batch-1 latency
@@ -35,9 +36,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     add("--precision", choices=PRECISIONS, default=None,
         help="amp (fp16), amp-bf16, tf32 or fp32 (default: amp on GPUs, fp32 on CPU)")
     add("--memory-format", choices=MEMORY_FORMATS, default=None, help="default: nhwc on GPUs, nchw on CPU")
-    add("--compile", action="store_true", help="torch.compile the model")
+    add("--compile", action="store_true",
+        help="train: torch.compile the whole training step (as resnext train --compile); infer: the model")
     add("--cuda-graphs", action="store_true",
-        help="infer: replay the forward as a CUDA graph (with --compile: torch.compile's reduce-overhead mode)")
+        help="train: replay the training step from a CUDA graph (as resnext train --cuda-graphs); infer: the forward "
+             "(with --compile: torch.compile's reduce-overhead mode)")
     add("--fold-bn", action="store_true",
         help="infer: fold each BatchNorm into its convolution first (as resnext export --fold-bn does)")
     add("--data", metavar="DIR", default=None,
@@ -66,8 +69,6 @@ def run(args: argparse.Namespace) -> int:
         raise UserError(f"--data-only times the loaders; it cannot be combined with --mode {mode}.")
     if args.data_only and args.data and args.data_only != args.data:
         raise UserError("give the folder once: --data-only DIR (or --mode data --data DIR).")
-    if mode != "infer" and args.cuda_graphs:
-        raise UserError("--cuda-graphs applies to --mode infer (the training loop has no graph capture).")
     if mode != "infer" and args.fold_bn:
         raise UserError("--fold-bn applies to --mode infer (training needs the BatchNorm layers).")
     common = dict(batch_size=args.batch_size, image_size=args.image_size, device=args.device, warmup=args.warmup,
@@ -76,13 +77,14 @@ def run(args: argparse.Namespace) -> int:
         folder = args.data_only or args.data
         if folder is None:
             raise UserError("--mode data needs a folder: --data-only DIR.")
-        if args.compile:
-            raise UserError("--compile applies to --mode train and infer, not to the data loaders.")
+        if args.compile or args.cuda_graphs:
+            raise UserError("--compile and --cuda-graphs apply to --mode train and infer, not to the data loaders.")
         result = bench.benchmark_data(folder, args.data_backend or ("pytorch",), workers=args.workers,
                                       compare=args.compare, **common)
     else:
         model = dict(arch=args.arch, num_classes=args.num_classes, precision=args.precision,
-                     memory_format=args.memory_format, compile=args.compile, compare=args.compare)
+                     memory_format=args.memory_format, compile=args.compile, cuda_graphs=args.cuda_graphs,
+                     compare=args.compare)
         if mode == "train":
             backends = args.data_backend or (("pytorch",) if args.data else ("synthetic",))
             if len(backends) != 1:
@@ -93,6 +95,6 @@ def run(args: argparse.Namespace) -> int:
             if args.data or args.data_backend:
                 raise UserError("--mode infer times the model on synthetic input; --data and --data-backend belong "
                                 "to --mode train and data.")
-            result = bench.benchmark_inference(cuda_graphs=args.cuda_graphs, fold_bn=args.fold_bn, **model, **common)
+            result = bench.benchmark_inference(fold_bn=args.fold_bn, **model, **common)
     print(json.dumps(result, indent=1) if args.json else bench.format_result(result))
     return 0
