@@ -107,6 +107,26 @@ def barrier(env: DistEnv) -> None:
         dist.barrier(group=env.control_group)
 
 
+def data_parallel(model: nn.Module, env: DistEnv) -> nn.parallel.DistributedDataParallel:
+    """`model` in DistributedDataParallel, gradients bucketed in place, buffers not synchronised every step.
+
+    Rank 0's BatchNorm statistics are broadcast before evaluation and saving instead (broadcast_buffers below):
+    the same numbers with one broadcast per epoch instead of one per step. torch >= 2.13 names that
+    `forward_sync_buffers=False` and deprecates `broadcast_buffers=False` with a FutureWarning that every rank
+    printed; the new flag still syncs buffers once at construction, which changes nothing here (every rank
+    builds the same model from the same seed or checkpoint).
+    """
+    import inspect
+
+    options = {"device_ids": [env.device.index] if env.device.type == "cuda" else None,
+               "gradient_as_bucket_view": True}
+    if "forward_sync_buffers" in inspect.signature(nn.parallel.DistributedDataParallel).parameters:
+        options["forward_sync_buffers"] = False
+    else:  # torch < 2.13
+        options["broadcast_buffers"] = False
+    return nn.parallel.DistributedDataParallel(model, **options)
+
+
 def broadcast_buffers(module: nn.Module, env: DistEnv) -> None:
     """Give every rank rank 0's BatchNorm statistics, so validation on any rank sees the checkpointed model."""
     if env.distributed:

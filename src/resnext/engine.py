@@ -245,11 +245,13 @@ def _train(config: TrainConfig, env: DistEnv) -> dict:
     configure_backends(precision, config.deterministic)
     workspace = prepare_workspace(config, env)
     resume_path, state = locate_resume(config, workspace)
+    from .weights import load_weights, read_weights  # read before the loaders: its class names label the folders
+    pretrained = read_weights(config.pretrained_from_file) if config.pretrained_from_file and state is None else None
 
     torch.manual_seed(config.seed)
     np.random.seed(config.seed % 2**32)
     random.seed(config.seed)
-    train_loader, val_loader, class_names = build_loaders(config, env, memory_format)
+    train_loader, val_loader, class_names = build_loaders(config, env, memory_format, state, resume_path, pretrained)
     num_classes = config.num_classes or len(class_names)
     if state is not None:
         check_resume_compatible(state, config, num_classes, resume_path)
@@ -257,10 +259,8 @@ def _train(config: TrainConfig, env: DistEnv) -> dict:
     if config.evaluate and state is None and not config.pretrained_from_file:
         raise UserError(f"--evaluate found no checkpoint to evaluate ({config.resume}); pass --resume CHECKPOINT or "
                         "--pretrained-from-file FILE.")
-    if config.pretrained_from_file and state is None:
-        from .weights import load_weights
-
-        load_weights(model, config.pretrained_from_file, ignore_head=config.ignore_head)
+    if pretrained is not None:
+        load_weights(model, pretrained, ignore_head=config.ignore_head)
     if config.sync_bn:
         model = distributed.convert_sync_batchnorm(model, env)
     model.to(env.device, memory_format=memory_format)
@@ -284,9 +284,7 @@ def _train(config: TrainConfig, env: DistEnv) -> dict:
     if env.distributed:
         # Buffers are not broadcast every step: rank 0's BN statistics are sent before evaluation and saving,
         # which gives the same numbers with one broadcast per epoch instead of one per step.
-        ddp = nn.parallel.DistributedDataParallel(
-            model, device_ids=[env.device.index] if env.device.type == "cuda" else None,
-            broadcast_buffers=False, gradient_as_bucket_view=True)
+        ddp = distributed.data_parallel(model, env)
         train_model = ddp
     if config.compile:
         train_model = torch.compile(train_model)
@@ -641,8 +639,10 @@ def check_resume_compatible(state: dict, config: TrainConfig, num_classes: int, 
                             "with --pretrained-from-file in a new --workspace.")
 
 
-def build_loaders(config: TrainConfig, env: DistEnv, memory_format: torch.memory_format):
+def build_loaders(config: TrainConfig, env: DistEnv, memory_format: torch.memory_format, state=None,
+                  resume_path=None, pretrained=None):
     from .data import create_loader, find_dataset
+    from .data.classes import classes_for_training
 
     common = dict(backend=config.data_backend, image_size=config.image_size, crop_pct=config.crop_pct,
                   interpolation=config.interpolation, workers=config.workers, prefetch=config.prefetch,
@@ -656,10 +656,15 @@ def build_loaders(config: TrainConfig, env: DistEnv, memory_format: torch.memory
         train_loader = create_loader(train=True, **synthetic)
         val_loader = None if config.training_only else create_loader(train=False, **synthetic)
         return train_loader, val_loader, class_names
-    train_dir, val_dir, class_names = find_dataset(config.data)
+    train_dir, val_dir, folders = find_dataset(config.data)
+    classes = classes_for_training(folders, data=f"'{config.data}'", checkpoint=state, checkpoint_path=resume_path,
+                                   pretrained=pretrained, class_map=config.class_map, evaluate=config.evaluate,
+                                   ignore_head=config.ignore_head)
+    class_names = list(classes.class_names)
     if config.num_classes is not None and config.num_classes != len(class_names):
         raise UserError(f"--num-classes {config.num_classes} does not match the {len(class_names)} class folders "
                         f"in {config.data}; drop --num-classes or fix the dataset.")
+    common.update(classes=classes, exif_orientation=config.exif_orientation)
     train_loader = None if config.evaluate else create_loader(root=train_dir, train=True,
                                                                 augmentation=config.augmentation, **common)
     val_loader = None if config.training_only else create_loader(root=val_dir, train=False, **common)
@@ -741,7 +746,7 @@ def training_state(run: Run, rng_states: list) -> dict:
         "config": config.to_dict(),
         "preprocessing": {"image_size": config.image_size, "crop_pct": config.crop_pct,
                           "interpolation": config.interpolation, "mean": list(IMAGENET_MEAN),
-                          "std": list(IMAGENET_STD)},
+                          "std": list(IMAGENET_STD), "exif_orientation": config.exif_orientation},
         "rng": rng_states, "world_size": run.env.world_size,
         "data_state": {"epoch": run.progress.epoch,
                        "start_batch": run.progress.step_in_epoch * run.accumulation,
@@ -828,7 +833,7 @@ def restore(state: dict, model: nn.Module, ema: ModelEMA | None, optimizer, scal
     same_geometry = (saved.get("batch_size") == config.batch_size and state.get("world_size") == env.world_size
                      and saved.get("accumulation") == config.accumulation_steps(env.world_size)
                      and saved_steps == steps_per_epoch)
-    if not same_geometry:
+    if not same_geometry and not config.evaluate:  # --evaluate resumes nothing: no position to keep
         # Another batch size, process count or dataset size: continue at the same fraction of the epoch, and count
         # steps in the new epoch length so the LR schedule, EMA warm-up and MixUp draws stay where they were.
         fraction = progress.step_in_epoch / max(1, saved_steps)

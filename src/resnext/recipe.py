@@ -34,6 +34,8 @@ class TrainConfig:
     interpolation: str = "bilinear"
     augmentation: str | None = None
     synthetic_batches: int = 100
+    exif_orientation: bool = False  # turn images upright by their EXIF tag (off: as torchvision's / NVIDIA's loaders)
+    class_map: str | None = None  # a file mapping class folders to the classes of --resume / pretrained weights
     # model
     arch: str = "resnext101_32x4d"
     num_classes: int | None = None  # None: the number of class folders in the dataset

@@ -15,7 +15,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from .options import add_weights_arguments, non_negative_int, positive_int
+from .options import add_class_names_argument, add_weights_arguments, non_negative_int, positive_int
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -31,6 +31,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="fold BatchNorm into the convolutions (graph formats; faster inference)")
     parser.add_argument("--image-size", type=positive_int, default=None,
                         help="input height and width (default: the weights' training size, else 224)")
+    add_class_names_argument(parser)
     triton = parser.add_argument_group("triton")
     triton.add_argument("--model-name", default="resnext", help="the model's name in the repository")
     triton.add_argument("--max-batch-size", type=positive_int, default=DEFAULT_MAX_BATCH,
@@ -45,7 +46,7 @@ def run(args: argparse.Namespace) -> int:
     result = export_model(args.weights, args.format, args.output, use_ema=args.ema, arch=args.arch,
                           precision=args.precision, fold_bn=args.fold_bn, image_size=args.image_size,
                           max_batch_size=args.max_batch_size, model_name=args.model_name,
-                          queue_delay_us=args.queue_delay_us)
+                          queue_delay_us=args.queue_delay_us, class_names=args.class_names)
     print(f"wrote {result.path} ({result.format}, {result.precision}; largest difference to PyTorch "
           f"{result.max_abs_diff:.2g}, allowed {result.tolerance:.2g})")
     return 0

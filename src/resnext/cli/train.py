@@ -12,7 +12,8 @@ from __future__ import annotations
 import argparse
 
 from ..recipe import DATA_BACKENDS, INTERPOLATIONS, LR_SCHEDULES, OPTIMIZERS, PRECISIONS, PRESETS, TrainConfig
-from .options import finite_float, non_negative_float, non_negative_int, positive_int, unit_interval
+from .options import (add_class_map_argument, add_exif_argument, finite_float, non_negative_float, non_negative_int,
+                      positive_int, unit_interval)
 
 
 def _ema_decay(text: str) -> float:
@@ -52,6 +53,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     data.add_argument("--augmentation", choices=["autoaugment"], default=None)
     data.add_argument("--synthetic-batches", type=positive_int, default=100,
                       help="batches per epoch of the synthetic backend")
+    add_exif_argument(data, default=False)
+    add_class_map_argument(data)
     model = parser.add_argument_group("model")
     model.add_argument("-a", "--arch", default="resnext101_32x4d")
     model.add_argument("--num_classes", "--num-classes", dest="num_classes", type=positive_int, default=None,

@@ -57,7 +57,7 @@ class DaliLoader(SkipRecorder):
     def __init__(self, folder: ImageFolder, *, decode_on_gpu: bool, train: bool, batch_size: int, image_size: int,
                  crop_pct: float, interpolation: str, workers: int, device: torch.device,
                  memory_format: torch.memory_format, rank: int, world_size: int, seed: int, drop_last: bool,
-                 prefetch: int):
+                 prefetch: int, exif_orientation: bool = False):
         if decode_on_gpu and device.type != "cuda":
             raise UserError("dali-gpu decodes on the GPU and needs a CUDA device; use dali-cpu on a machine "
                             "without one.")
@@ -67,6 +67,7 @@ class DaliLoader(SkipRecorder):
         self.decode_on_gpu, self.device, self.memory_format = decode_on_gpu, device, memory_format
         self.image_size, self.resize_shorter = image_size, resize_size(image_size, crop_pct)
         self.interpolation = interpolation
+        self.exif_orientation = exif_orientation
         self.threads, self.prefetch, self.seed, self.rank = max(1, workers), prefetch, seed, rank
         self.class_names = list(folder.class_names)
         self.dataset_size = len(folder)
@@ -92,6 +93,9 @@ class DaliLoader(SkipRecorder):
         decoder = "mixed" if self.decode_on_gpu else "cpu"
         # NVIDIA's paddings: the nvJPEG buffers are sized once for ImageNet instead of growing batch by batch.
         padding = {"device_memory_padding": 211025920, "host_memory_padding": 140544512} if self.decode_on_gpu else {}
+        # DALI turns images upright by their EXIF tag unless told otherwise; the other backends (and NVIDIA's and
+        # torchvision's loaders) do not, so the choice is explicit: the same pixels whatever the backend.
+        orientation = {"adjust_orientation": self.exif_orientation}
         layout = "HWC" if self.memory_format == torch.channels_last else "CHW"
         size = self.image_size
 
@@ -103,12 +107,12 @@ class DaliLoader(SkipRecorder):
             if self.train:
                 images = fn.decoders.image_random_crop(jpegs, device=decoder, output_type=types.RGB,
                                                        random_aspect_ratio=[0.75, 4.0 / 3.0], random_area=[0.08, 1.0],
-                                                       num_attempts=100, **padding)
+                                                       num_attempts=100, **padding, **orientation)
                 images = fn.resize(images, resize_x=size, resize_y=size, interp_type=interp, antialias=True)
                 mirror = fn.random.coin_flip(probability=0.5)
             else:
-                images = fn.decoders.image(jpegs, device=decoder, output_type=types.RGB, **padding)
-                shape = fn.peek_image_shape(jpegs, dtype=types.INT32)
+                images = fn.decoders.image(jpegs, device=decoder, output_type=types.RGB, **padding, **orientation)
+                shape = fn.peek_image_shape(jpegs, dtype=types.INT32, **orientation)
                 images = self._eval_resize_crop(fn, types, images, shape, interp)
                 mirror = 0
             if on_gpu:

@@ -34,8 +34,9 @@ class PackedBatch(NamedTuple):
 class DecodedSamples(torch.utils.data.Dataset):
     """What a worker does with one (dataset index, sample seed) key: read, decode, preprocess."""
 
-    def __init__(self, folder, preprocess, train: bool, max_pixels: int):
+    def __init__(self, folder, preprocess, train: bool, max_pixels: int, exif_orientation: bool = False):
         self.folder, self.preprocess, self.train, self.max_pixels = folder, preprocess, train, max_pixels
+        self.exif_orientation = exif_orientation
 
     def __len__(self) -> int:
         return len(self.folder)
@@ -43,7 +44,8 @@ class DecodedSamples(torch.utils.data.Dataset):
     def __getitem__(self, key: tuple[int, int]) -> Sample:
         index, sample_seed = key
         skips: list[tuple[str, str]] = []
-        index, image = read_sample(self.folder, index, lambda path: decode_file(path, self.max_pixels), skips,
+        index, image = read_sample(self.folder, index,
+                                   lambda path: decode_file(path, self.max_pixels, self.exif_orientation), skips,
                                    replace=self.train)
         if image is None:
             return Sample(None, -1, skips)
@@ -66,7 +68,7 @@ class PytorchLoader(FolderLoader):
     backend = "pytorch"
 
     def _make_dataset(self):
-        return DecodedSamples(self.folder, self.preprocess, self.train, self.max_pixels)
+        return DecodedSamples(self.folder, self.preprocess, self.train, self.max_pixels, self.exif_orientation)
 
     collate = staticmethod(collate_uint8)
 
