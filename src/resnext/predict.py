@@ -56,11 +56,12 @@ def class_names_for(num_classes: int, names: Sequence[str] | None, given: str | 
     if given is not None:
         from .data.classes import match_classes, read_class_names
 
-        listed = read_class_names(given) if isinstance(given, (str, os.PathLike)) else [str(name) for name in given]
+        if isinstance(given, (str, os.PathLike)):
+            listed, source = read_class_names(given), f"--class-names '{given}'"
+        else:
+            listed, source = [str(name) for name in given], "the class names given"
         own = names if names and len(names) == num_classes else None
-        return list(match_classes(listed, own, num_classes, data=f"--class-names '{given}'"
-                                  if isinstance(given, (str, os.PathLike)) else "the class names given",
-                                  what="class name").class_names)
+        return list(match_classes(listed, own, num_classes, data=source, what="class name").class_names)
     if names and len(names) == num_classes:
         return [str(name) for name in names]
     if num_classes == 1000:

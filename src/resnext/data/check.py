@@ -14,7 +14,6 @@ import statistics
 from pathlib import Path
 
 import torch
-
 from PIL import ExifTags
 
 from .decode import UnreadableImageError, max_image_pixels, open_image
