@@ -296,7 +296,7 @@ def classes_for_training(folders: Sequence[str], *, data: str, checkpoint: Mappi
     head = pretrained.state.get("fc.weight")
     outputs = int(head.shape[0]) if head is not None else None
     names = pretrained.meta.get("class_names")
-    weights = f"'{pretrained.path}'" if pretrained.path else "the pretrained weights"
+    weights = f"the weights '{pretrained.path}'" if pretrained.path else "the pretrained weights"
     if outputs is None or (outputs != len(folders) and not evaluate):
         # No classifier to match, or one of another size: --ignore-head trains a new one, and without it
         # load_weights says that the classifier does not fit.
