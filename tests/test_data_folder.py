@@ -112,6 +112,7 @@ def test_walk_leaves_out_hidden_names_and_link_loops_and_says_why(tmp_path):
     (bag / "batch1" / "labels.csv").write_text("x")
     (tmp_path / "train" / "README.txt").write_text("x")
     images, left_out = walk_images(bag)
+    assert walk_images(f"{bag}/")[0] == images  # a trailing slash, as shells complete folder names
     assert len(images) == 7 and images[0] == "good_00.jpg" and "batch1/deeper/good_00.jpg" in images
     assert sorted(left_out) == sorted([(str(bag / ".ipynb_checkpoints"), HIDDEN),
                                        (str(bag / "batch1" / "loop"), SEEN_BEFORE),

@@ -134,6 +134,27 @@ def broadcast_buffers(module: nn.Module, env: DistEnv) -> None:
             dist.broadcast(buffer, src=0)
 
 
+class _AllReduceSum(torch.autograd.Function):
+    """The sum of a tensor over all ranks, differentiable: every rank's output depends on every rank's input, so
+    each input's gradient is the sum of the output gradients over the ranks (one more all-reduce).
+
+    What torch.distributed.nn.functional.all_reduce does for SUM; torch >= 2.13 deprecates that function with a
+    FutureWarning on every call and rank, and points to a private module instead.
+    """
+
+    @staticmethod
+    def forward(ctx, tensor: torch.Tensor) -> torch.Tensor:
+        total = tensor.clone()
+        dist.all_reduce(total)
+        return total
+
+    @staticmethod
+    def backward(ctx, grad: torch.Tensor) -> torch.Tensor:
+        grad = grad.clone(memory_format=torch.contiguous_format)
+        dist.all_reduce(grad)
+        return grad
+
+
 class CrossRankBatchNorm2d(nn.BatchNorm2d):
     """BatchNorm whose batch statistics span all ranks, for CPU/gloo runs (torch's SyncBatchNorm is GPU-only).
 
@@ -145,8 +166,7 @@ class CrossRankBatchNorm2d(nn.BatchNorm2d):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if not self.training:
             return super().forward(x)
-        from torch.distributed.nn.functional import all_reduce
-
+        all_reduce = _AllReduceSum.apply
         channels = x.shape[1]
         xf = x.float()
         count = torch.tensor([x.numel() / channels], dtype=torch.float32, device=x.device)

@@ -86,7 +86,8 @@ def walk_images(folder: str | os.PathLike) -> tuple[list[str], list[tuple[str, s
     walked = sorted(_walk(top, left_out))  # by folder path, as sorted(os.walk(...)) in torchvision
     images = []
     for root, files in walked:
-        relative = root[len(top) + 1:] if root != top else ""
+        relative = os.path.relpath(root, top)  # per folder, not per file: cheap
+        relative = "" if relative == "." else relative
         for name in sorted(files):
             if name.startswith("."):
                 left_out.append((os.path.join(root, name), HIDDEN))
