@@ -126,8 +126,8 @@ def match_classes(folders: Sequence[str], weights_classes: Sequence[str] | None 
     names = list(weights_classes) if weights_classes is not None else None
     matched_by = "class map" if labels else "name"
 
-    if rest and imagenet and all(folder in _synset_index() for folder in rest) \
-            and not any(folder in (weights_classes or ()) for folder in rest):
+    known = set(weights_classes or ())
+    if rest and imagenet and all(folder in _synset_index() for folder in rest) and not known.intersection(rest):
         labels.update({folder: _synset_index()[folder] for folder in rest})
         matched_by = "synset"
         if names is None:
