@@ -20,6 +20,7 @@ import torch
 
 from resnext import create_model
 from resnext.cli import main
+from resnext.data.embedded import CLASS_NAMES
 
 from conftest import copy_subset
 from faults import environment
@@ -83,6 +84,16 @@ CASES = [
      "the file's classifier has 3 classes", 2, IN_PROCESS),
     ("train-malicious-pickle-weights", "train {data} {train} --pretrained-from-file {inputs}/evil.pkl",
      "refuses to unpickle because that can run code", 2, IN_PROCESS),
+    # train: class folders against the classes of the weights (matched by name)
+    ("train-resume-with-a-renamed-class", "train {inputs}/renamed {train} --resume {inputs}/named10.pt",
+     "class folder handbag of '{inputs}/renamed' is not among the 10 classes of checkpoint", 2, IN_PROCESS),
+    ("train-resume-without-a-class", "train {inputs}/reduced {train} --resume {inputs}/named10.pt",
+     "has no class folder for 1 of the 10 classes of checkpoint", 2, IN_PROCESS),
+    ("train-pretrained-with-a-renamed-class",
+     "train {inputs}/renamed {train} --pretrained-from-file {inputs}/named10.pt",
+     "or train a new classifier for these folders with --ignore-head", 2, IN_PROCESS),
+    ("train-class-map-without-weights", "train {data} {train} --class-map {inputs}/purse.json",
+     "--class-map maps class folders to the classes of weights, and this run has none", 2, IN_PROCESS),
     # evaluate
     ("evaluate-missing-folder", "evaluate {inputs}/missing --weights {inputs}/tiny10.pt -j 0", "does not exist", 2,
      IN_PROCESS),
@@ -98,6 +109,14 @@ CASES = [
      "refuses to unpickle because that can run code", 2, SUBPROCESS),
     ("evaluate-dali-gpu-without-gpu", "evaluate {data} --weights {inputs}/tiny10.pt -j 0 --data-backend dali-gpu",
      "needs a CUDA device", 2, IN_PROCESS),
+    ("evaluate-renamed-class-folder", "evaluate {inputs}/renamed --weights {inputs}/named10.pt -j 0",
+     "class folder handbag of '{inputs}/renamed/val' is not among the 10 classes of the weights", 2, IN_PROCESS),
+    ("evaluate-class-map-to-an-unknown-class",
+     "evaluate {inputs}/renamed --weights {inputs}/named10.pt -j 0 --class-map {inputs}/purse.json",
+     "--class-map maps folder handbag to 'purse', which is not a class of the weights", 2, IN_PROCESS),
+    ("evaluate-class-map-not-a-map",
+     "evaluate {inputs}/renamed --weights {inputs}/named10.pt -j 0 --class-map {inputs}/notes.txt",
+     "line 1 of the class map '{inputs}/notes.txt' has 1 field", 2, IN_PROCESS),
     # predict
     ("predict-empty-folder", "predict {inputs}/empty --weights {inputs}/tiny10.pt", "holds no images", 2, IN_PROCESS),
     ("predict-text-file-as-weights", "predict {data}/val --weights {inputs}/notes.txt",
@@ -106,6 +125,9 @@ CASES = [
      IN_PROCESS),
     ("predict-zero-topk", "predict {data}/val --weights {inputs}/tiny10.pt --topk 0", "expected a number >= 1", 2,
      IN_PROCESS),
+    ("predict-class-names-of-another-count",
+     "predict {data}/val --weights {inputs}/tiny10.pt --class-names {inputs}/labels3.txt",
+     "the weights classify 10 classes but --class-names '{inputs}/labels3.txt' has 3 class names", 2, IN_PROCESS),
     # export
     ("export-unknown-format", "export --weights {inputs}/tiny10.pt --format tflite --output m.tflite",
      "unknown export format 'tflite'", 2, IN_PROCESS),
@@ -119,6 +141,10 @@ CASES = [
      "may only hold letters, digits", 2, IN_PROCESS),
     ("export-unknown-precision", "export --weights {inputs}/tiny10.pt --format onnx --output m.onnx --precision int3",
      "unknown precision 'int3'", 2, IN_PROCESS),
+    ("export-class-names-the-weights-do-not-know",
+     "export --weights {inputs}/named10.pt --format safetensors --output m.safetensors --class-names {inputs}/renamed",
+     "class name handbag of --class-names '{inputs}/renamed' is not among the 10 classes of the weights", 2,
+     IN_PROCESS),
     # serve
     ("serve-port-in-use", "serve --weights {inputs}/tiny10.pt --http-port {port} --grpc-port 0 --metrics-port 0",
      "is in use", 2, IN_PROCESS),
@@ -126,6 +152,9 @@ CASES = [
      "--metrics-port 0", "is not an address of this machine", 2, IN_PROCESS),
     ("serve-malicious-pickle", "serve --weights {inputs}/evil.pt --http-port 0 --grpc-port 0 --metrics-port 0",
      "refuses to unpickle", 2, IN_PROCESS),
+    ("serve-class-names-of-another-count", "serve --weights {inputs}/tiny10.pt --class-names {inputs}/labels3.txt "
+     "--http-port 0 --grpc-port 0 --metrics-port 0", "the weights classify 10 classes but --class-names", 2,
+     IN_PROCESS),
     # info
     ("info-unknown-arch", "info --arch nope", "unknown architecture 'nope'", 2, SUBPROCESS),
     ("info-zero-image-size", "info --image-size 0", "--image-size: expected a number >= 1, got 0", 2, IN_PROCESS),
@@ -148,6 +177,20 @@ def inputs(embedded_data, tmp_path_factory) -> Path:
     torch.save(create_model("resnet50", 10).state_dict(), folder / "resnet50.pt")
     torch.save({"model": RunsCode(folder / "PWNED")}, folder / "evil.pt")  # a torch zip file with a payload
     (folder / "evil.pkl").write_bytes(pickle.dumps(RunsCode(folder / "PWNED")))  # a bare pickle
+    # A checkpoint that carries the embedded dataset's class names, and that dataset with 'bag' renamed / removed.
+    torch.save({"format": "resnext.checkpoint", "format_version": 1, "arch": "resnext_tiny", "num_classes": 10,
+                "class_names": list(CLASS_NAMES), "model": create_model("resnext_tiny", 10).state_dict()},
+               folder / "named10.pt")
+    for name, drop in (("renamed", False), ("reduced", True)):
+        for split in ("train", "val"):
+            for class_name in CLASS_NAMES:
+                if class_name == "bag" and drop:
+                    continue
+                target = folder / name / split / ("handbag" if class_name == "bag" else class_name)
+                target.mkdir(parents=True)
+                shutil.copy(sorted((embedded_data / split / class_name).iterdir())[0], target)
+    (folder / "purse.json").write_text('{"handbag": "purse"}')
+    (folder / "labels3.txt").write_text("bag\ncoat\ndress\n")
     readonly = folder / "readonly"
     readonly.mkdir(mode=0o500)
     return folder

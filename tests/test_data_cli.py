@@ -34,8 +34,68 @@ def test_check_lists_unreadable_files_and_exits_1(tmp_path, monkeypatch, capsys)
     out = capsys.readouterr().out
     for name in broken:
         assert f"unreadable: {tmp_path / 'train' / 'a' / name} (" in out
-    assert "not images: " in out and "notes.txt" in out
+    assert f"left out: {tmp_path / 'train' / 'a' / 'notes.txt'} (not an image file extension)" in out
+    assert "left out: 2 hidden file(s) or folder(s)" not in out  # one per split
+    assert f"left out: 1 hidden file(s) or folder(s), names starting with '.' ({tmp_path / 'val' / 'a' / '.DS_Store'})" in out
     assert "modes: RGB" in out and "CMYK 1" in out and "P 1" in out and "RGBA 1" in out
+
+
+def test_every_command_finds_the_images_below_class_folders(tmp_path, capsys):
+    import torch
+
+    from resnext import create_model
+    from test_data_folder import nested_dataset
+
+    nested_dataset(tmp_path / "data")
+    assert main(["data", "check", str(tmp_path / "data"), "--json", "-j", "0"]) == 0
+    report = json.loads(capsys.readouterr().out)
+    assert report["splits"]["train"]["images"] == report["splits"]["val"]["images"] == 9
+    assert report["splits"]["train"]["classes"] == {"bag": 7, "coat": 2}
+    assert main(["train", str(tmp_path / "data"), "--arch", "resnext_tiny", "--image-size", "16", "-b", "3", "-j", "0",
+                 "--epochs", "1", "--no-tensorboard", "--no-progress", "--workspace", str(tmp_path / "ws")]) == 0
+    log = (tmp_path / "ws" / "experiment_raport.json").read_text()
+    assert '"iterations_per_epoch": 3' in log and '"val.images": 9' in log  # 9 training and 9 validation images
+    torch.save(create_model("resnext_tiny", 2).state_dict(), tmp_path / "tiny2.pt")
+    capsys.readouterr()
+    assert main(["evaluate", str(tmp_path / "data"), "--weights", str(tmp_path / "tiny2.pt"), "--image-size", "16",
+                 "-j", "0", "--json"]) == 0
+    assert json.loads(capsys.readouterr().out)["images"] == 9
+    assert main(["predict", str(tmp_path / "data" / "val"), "--weights", str(tmp_path / "tiny2.pt"), "--json"]) == 0
+    assert len(capsys.readouterr().out.splitlines()) == 9
+
+
+def test_check_reports_what_it_leaves_out_and_rotated_photos(tmp_path, capsys):
+    from test_data_folder import nested_dataset
+    from test_data_support import photo
+
+    nested_dataset(tmp_path)
+    bag = tmp_path / "train" / "bag"
+    (bag / "batch1" / "loop").symlink_to(bag, target_is_directory=True)
+    (tmp_path / "val" / "Thumbs.db").write_bytes(b"x")
+    image = Image.fromarray(photo(40, 30))
+    exif = image.getexif()
+    exif[0x0112] = 6  # stored sideways: turn 90 degrees clockwise to view
+    image.save(bag / "phone.jpg", exif=exif.tobytes())
+    assert main(["data", "check", str(tmp_path), "-j", "0"]) == 0
+    out = capsys.readouterr().out
+    assert "train: 10 images" in out  # 9 and the phone photo
+    assert f"left out: {bag / 'batch1' / 'loop'} (a folder already walked, reached again through a symbolic link)" in out
+    assert f"left out: {tmp_path / 'val' / 'Thumbs.db'} (not inside a class folder)" in out
+    assert f"1 image(s) carry an EXIF orientation tag (stored sideways or mirrored: {bag / 'phone.jpg'})" in out
+
+
+def test_an_unreadable_file_has_one_reason_in_check_and_in_the_loaders(tmp_path, monkeypatch, capsys):
+    broken = make_broken_dataset(tmp_path)
+    monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", BOMB_LIMIT)
+    assert main(["data", "check", str(tmp_path), "--json", "-j", "0"]) == 1
+    checked = {item["path"]: item["reason"] for item in json.loads(capsys.readouterr().out)["splits"]["val"]["unreadable"]}
+    assert checked[str(tmp_path / "val" / "a" / "empty.jpg")] == "the file is empty (0 bytes)"
+    for backend in ("pytorch", "gpu"):
+        loader = create_loader(backend, tmp_path, train=False, batch_size=64, image_size=16, workers=0, device="cpu")
+        list(loader)
+        unreadable = {path: reason for path, reason in loader.skipped if reason != "not an image file extension"}
+        assert unreadable == checked, backend
+    assert len(checked) == len(broken)
 
 
 def test_cli_errors_are_one_line():

@@ -5,7 +5,8 @@ import numpy as np
 import pytest
 from test_data_support import write_good_images
 
-from resnext.data import ImageFolder, find_dataset
+from resnext.data import ImageFolder, find_dataset, walk_images
+from resnext.data.folder import HIDDEN, NOT_AN_IMAGE, OUTSIDE_CLASS_FOLDER, SEEN_BEFORE
 from resnext.data.sampling import ShardBatchSampler, sample_seeds, shard_indices
 from resnext.errors import UserError
 
@@ -77,6 +78,50 @@ def test_image_folder_lists_images_and_reports_other_files(tmp_path):
     assert [folder.label(i) for i in range(6)] == [0, 0, 0, 0, 1, 1]
     assert folder.path(3) == str(tmp_path / "a" / "upper.JPEG")
     assert folder.ignored == [(str(tmp_path / "a" / "notes.txt"), "not an image file extension")]
+
+
+def nested_dataset(root) -> dict[str, int]:
+    """train/ and val/ whose class folders hold images at several depths (photos sorted into batches, as users
+    and NVIDIA's own scripts meet them), plus what must be left out; returns the images per class of train/."""
+    for split in ("train", "val"):
+        write_good_images(root / split / "bag", 2)
+        write_good_images(root / split / "bag" / "batch1", 3, seed=10)
+        write_good_images(root / split / "bag" / "batch1" / "deeper", 1, seed=20)
+        write_good_images(root / split / "bag" / "batch1-extra", 1, seed=30)  # sorts before batch1/ as a path
+        write_good_images(root / split / "coat" / "only_in_a_sub_folder", 2, seed=40)
+    return {"bag": 7, "coat": 2}
+
+
+def test_images_below_class_folders_are_found_as_torchvision_imagefolder_finds_them(tmp_path):
+    from torchvision.datasets import ImageFolder as TorchvisionImageFolder
+
+    counts = nested_dataset(tmp_path)
+    ours = ImageFolder(tmp_path / "train")
+    theirs = TorchvisionImageFolder(str(tmp_path / "train"))
+    assert ours.class_counts() == counts and len(ours) == len(theirs) == 9
+    assert [(ours.path(i), ours.label(i)) for i in range(len(ours))] == theirs.samples  # same files, same order
+    assert find_dataset(tmp_path)[2] == ["bag", "coat"]  # a class with images only in a sub-folder is not empty
+
+
+def test_walk_leaves_out_hidden_names_and_link_loops_and_says_why(tmp_path):
+    nested_dataset(tmp_path)
+    bag = tmp_path / "train" / "bag"
+    write_good_images(bag / ".ipynb_checkpoints", 1)
+    (bag / "batch1" / "._good_00.jpg").write_bytes(b"AppleDouble")
+    (bag / "batch1" / "loop").symlink_to(bag, target_is_directory=True)
+    (bag / "batch1" / "labels.csv").write_text("x")
+    (tmp_path / "train" / "README.txt").write_text("x")
+    images, left_out = walk_images(bag)
+    assert walk_images(f"{bag}/")[0] == images  # a trailing slash, as shells complete folder names
+    assert len(images) == 7 and images[0] == "good_00.jpg" and "batch1/deeper/good_00.jpg" in images
+    assert sorted(left_out) == sorted([(str(bag / ".ipynb_checkpoints"), HIDDEN),
+                                       (str(bag / "batch1" / "loop"), SEEN_BEFORE),
+                                       (str(bag / "batch1" / "._good_00.jpg"), HIDDEN),
+                                       (str(bag / "batch1" / "labels.csv"), NOT_AN_IMAGE)])
+    folder = ImageFolder(tmp_path / "train")
+    assert len(folder) == 9
+    assert (str(tmp_path / "train" / "README.txt"), OUTSIDE_CLASS_FOLDER) in folder.ignored
+    assert all(reason != HIDDEN for _, reason in folder.ignored)  # loaders do not warn about .DS_Store & co
 
 
 def test_training_shards_are_disjoint_and_reshuffled_every_epoch():

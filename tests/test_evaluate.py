@@ -106,6 +106,23 @@ def test_user_errors_are_one_line(trained, tmp_path, capsys, make_argv, message)
 
 
 def test_weights_of_another_class_count(trained, embedded_data, capsys):
-    # The 3-class model against the 10 classes of the full embedded dataset.
+    # The 3-class model against the 10 classes of the full embedded dataset: the 7 folders it does not know.
     assert_user_error(capsys, "evaluate", [embedded_data / "val", "--weights", trained.best, "-j", "0"],
-                      "classify 3 classes but")
+                      "class folders ankle_boot, coat, dress, pullover, sandal, shirt and 1 more of")
+    assert_user_error(capsys, "evaluate", [embedded_data / "val", "--weights", trained.best, "-j", "0"],
+                      "are not among the 3 classes of the weights (bag, sneaker, trouser); rename them")
+
+
+def test_per_class_table_aligns_wide_characters():
+    from resnext.cli.evaluate import display_width, format_evaluation
+
+    names = ["bag", "手提包", "T恤衫", "ｓｈｏｅ", "café"]
+    result = {"arch": "resnext_tiny", "weights": "w.pt", "ema": False, "images": 50, "data": "val", "precision": "fp32",
+              "device": "cpu", "batch_size": 8, "top1": 50.0, "top5": 90.0, "loss": 1.0, "img_s": 1.0, "img_s_total": 1.0,
+              "latency_ms": {"mean": 1.0}, "skipped": [], "class_names": names,
+              "per_class": [{"name": name, "images": 10, "top1": 10.0 * i} for i, name in enumerate(names)]}
+    rows = format_evaluation(result, per_class=True).splitlines()[-len(names):]
+    # The columns after the name have fixed widths: aligned rows take the same terminal width (CJK and full-width
+    # letters take two columns each, a combining accent none).
+    assert len({display_width(row) for row in rows}) == 1, rows
+    assert display_width("手提包") == 6 and display_width("café") == 4 and display_width("cafe\u0301") == 4

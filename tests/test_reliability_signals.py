@@ -138,8 +138,8 @@ def test_repeated_signals_during_the_save_and_a_kill_after_the_grace_period(tiny
 
 # ---- torchrun -----------------------------------------------------------------------------------------------
 
-TWO_RANK_ARGS = ["--preset", "resnext", "--arch", "resnext_tiny", "--image-size", "32", "-b", "4", "-j", "2", "--epochs", "2", "--warmup",
-                 "0", "--seed", "11", "--print-freq", "1", "--checkpoint-interval", "0", "--use-ema", "0.9",
+TWO_RANK_ARGS = ["--preset", "resnext", "--arch", "resnext_tiny", "--image-size", "32", "-b", "4", "-j", "2",
+                 "--epochs", "2", "--warmup", "0", "--seed", "11", "--print-freq", "1", "--checkpoint-interval", "0", "--use-ema", "0.9",
                  "--deterministic", "--no-tensorboard", "--no-progress"]
 
 

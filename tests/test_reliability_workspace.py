@@ -31,7 +31,8 @@ def test_a_second_run_on_a_live_workspace_is_refused_and_a_dead_runs_lock_is_tak
     data, reference = tiny
     workspace = tmp_path / "workspace"
     argv = [data, *TRAIN_ARGS, "--workspace", workspace]
-    first = start_train(argv, tmp_path, "first", faults={"step_delay": 5.0})  # alive while the second starts, however loaded the machine
+    # Slow steps keep the first run alive while the second starts, however loaded the machine.
+    first = start_train(argv, tmp_path, "first", faults={"step_delay": 5.0})
     try:
         wait_for_step(workspace, 0, 2, first)
         second = start_train([*argv, "--resume", "auto"], tmp_path, "second")

@@ -120,7 +120,7 @@ def simulate_training(writer: LogWriter, *, precision="amp", lr=0.256, ema=False
 def write_summary(writer: LogWriter, history: dict, exit_reason: str) -> None:
     epochs = [history[epoch] for epoch in sorted(history)]
     best = max(sorted(history), key=lambda e: history[e]["val.top1"])
-    writer.write([], {"best.top1": history[best]["val.top1"], "best.top5": max(v["val.top5"] for v in epochs),
+    writer.write([], {"best.top1": history[best]["val.top1"], "best.top5": history[best]["val.top5"],
                       "best.epoch": best, "run.time": writer.elapsed,
                       "train.total_ips": sum(v["train.total_ips"] for v in epochs) / len(epochs),
                       "val.top1": epochs[-1]["val.top1"], "exit.reason": exit_reason})
@@ -296,7 +296,14 @@ def check_summary_against_log(page: PageParser, log: Path, column: int = 0) -> N
     for key in ("best.top1", "best.top5"):
         value, text = summary_value(page, key, column)
         assert value == final[key] and text == f"{final[key]:.2f}"
-    assert summary_value(page, "best.epoch", column) == (final["best.epoch"], str(final["best.epoch"]))
+    # Epochs as the console counts them (from 1); data-value keeps the log's 0-based number.
+    assert summary_value(page, "best.epoch", column) == (final["best.epoch"], str(final["best.epoch"] + 1))
+    epochs = {step[0]: data for step, data in entries.items() if isinstance(step, tuple) and len(step) == 1}
+    assert final["best.top5"] == epochs[final["best.epoch"]]["val.top5"]  # top-5 at the best top-1 epoch
+    best_top5 = max(data["val.top5"] for data in epochs.values())
+    first = min(epoch for epoch, data in epochs.items() if data["val.top5"] == best_top5)
+    assert summary_value(page, "best_top5.top5", column)[0] == best_top5
+    assert summary_value(page, "best_top5.epoch", column) == (first, str(first + 1))
     assert summary_value(page, "wall_time", column)[0] == sum(session_times(log))
     assert summary_value(page, "train.total_ips", column)[0] == final["train.total_ips"]
     last_epoch = max(step[0] for step in entries if isinstance(step, tuple) and len(step) == 1)
@@ -362,7 +369,58 @@ def test_resumed_run_is_one_continuous_curve(training_runs):
     page = parse_page(write_report([run_dir]))
     check_summary_against_log(page, run_dir / LOG_NAME)
     assert summary_value(page, "resumes")[0] == 1
-    assert any("resumed at epoch 1 step 3" in note for note in page.notes)
+    assert any("resumed at epoch 2 step 3" in note for note in page.notes)  # the log's epoch 1, from 1
+
+
+def test_page_and_console_agree_on_a_real_run(embedded_data, tmp_path, capsys):
+    """A real short `resnext train` and its `resnext evaluate --output-json`: the page's epochs, best numbers and
+    evaluation are the console's, and a first epoch far above the rest puts the loss axis on a log scale."""
+    import re
+
+    from conftest import copy_subset
+    from resnext.report import figures
+
+    data = copy_subset(embedded_data, tmp_path / "data", 13, 4)
+    workspace = tmp_path / "run"
+    assert main(["train", str(data), "--arch", "resnext_tiny", "--image-size", "32", "-b", "16", "-j", "0",
+                 "--epochs", "4", "--lr", "0.2", "--warmup", "0", "--print-freq", "8", "--no-tensorboard",
+                 "--no-progress", "--workspace", str(workspace)]) == 0
+    console = capsys.readouterr().out
+    best_epoch = int(re.search(r"summary: .*best\.epoch (\d+)", console).group(1))
+    best_top1 = float(re.search(r"summary: best\.top1 ([\d.]+)", console).group(1))
+    assert f"epoch {best_epoch}: val.top1 {best_top1:.3g}" in console  # the console agrees with itself
+    assert main(["evaluate", str(data / "val"), "--weights", str(workspace / "model_best.pth.tar"), "-j", "0",
+                 "--output-json", str(workspace / "evaluation.json")]) == 0
+    printed_top1 = float(re.search(r"top-1 ([\d.]+)%", capsys.readouterr().out).group(1))
+    page = parse_page(write_report([workspace]))
+    assert summary_value(page, "best.epoch")[1] == str(best_epoch)
+    assert summary_value(page, "best.top1")[1] == f"{best_top1:.2f}"
+    assert summary_value(page, "evaluation.top1")[1] == f"{printed_top1:.2f}"
+    assert page.tables["evaluation"]["top1"][0][1] == f"{printed_top1:.2f}"
+    assert "Top-5 at the best top-1 epoch (%)" in (workspace / "report" / "index.html").read_text()
+
+    log = read_log(workspace)
+    losses = log.epoch_series("val.loss")[1]
+    with figures._canvas() as new_figure:
+        axis = figures._val_loss(new_figure, [("run", log)]).axes[0]
+        scale = axis.get_yscale()
+    assert scale == ("log" if max(losses) > figures.LOG_SCALE_SPAN * min(losses) else "linear"), losses
+
+
+def test_a_diverging_first_epoch_puts_the_loss_on_a_log_scale(tmp_path):
+    from resnext.report import figures
+
+    writer = LogWriter(tmp_path / LOG_NAME)
+    writer.start(arch="resnext_tiny", iterations_per_epoch=1, epochs=4)
+    for epoch, loss in enumerate((29.1, 0.9, 0.7, 0.6)):
+        writer.write([epoch, 1], {"train.loss": 2.0 - epoch / 4})
+        writer.write([epoch], {"val.top1": 50.0 + epoch, "val.top5": 90.0, "val.loss": loss})
+    log = read_log(tmp_path)
+    with figures._canvas() as new_figure:
+        val_axis = figures._val_loss(new_figure, [("run", log)]).axes[0]
+        train_axis = figures._train_loss(new_figure, [("run", log)]).axes[0]
+        assert (val_axis.get_yscale(), val_axis.get_ylabel()) == ("log", "loss (log scale)")
+        assert (train_axis.get_yscale(), train_axis.get_ylabel()) == ("linear", "loss")
 
 
 def session_times(path: Path) -> list[float]:

@@ -38,6 +38,9 @@ BEHAVIOUR_TESTS = {
     "--jpeg-decode": "test_data_fast_paths.py::test_train_jpeg_decode_flag_reaches_the_training_loader",
     "--join-timeout": "test_reliability_distributed.py::test_a_lost_node_relaunched_rejoins_and_the_job_ends_bit_exact",
     "--synthetic-batches": "test_train_options.py::test_other_backends_train",
+    "--exif-orientation": "test_data_orientation.py::test_train_records_the_choice_and_evaluate_follows_it",
+    "--class-map": "test_data_classes.py::test_resume_refuses_renamed_classes_and_keeps_the_checkpoints_list "
+                   "test_data_classes.py::test_pretrained_weights_match_by_name_or_train_a_new_head",
     "--arch": "test_train.py::test_resume_refuses_another_architecture",
     "--num_classes": "test_train_options.py::test_other_backends_train",
     "--conv_init": "test_models.py::test_conv_init_modes_and_last_bn_zero_init",
@@ -135,7 +138,8 @@ def test_every_option_has_a_behaviour_test():
 def test_every_option_reaches_the_config():
     argv = ["train", "/data", "--data-backend", "gpu", "-j", "3", "--prefetch", "4", "--image-size", "160",
             "--crop-pct", "0.9", "--interpolation", "bicubic", "--augmentation", "autoaugment",
-            "--synthetic-batches", "7", "-a", "resnet50", "--num-classes", "12", "--conv-init", "fan_out",
+            "--synthetic-batches", "7", "--exif-orientation", "--class-map", "map.json", "-a", "resnet50",
+            "--num-classes", "12", "--conv-init", "fan_out",
             "--last-bn-0-init", "--pretrained-from-file", "w.pth", "--ignore-head", "--epochs", "40",
             "--run-epochs", "3", "--early-stopping-patience", "5", "--prof", "9", "-b", "32",
             "--optimizer-batch-size", "64", "--learning-rate", "0.3", "--lr-schedule", "step", "--end-lr", "0.001",
@@ -155,7 +159,8 @@ def test_every_option_reaches_the_config():
     args = build_parser(argv).parse_args(argv)
     config = config_from_args(args)
     expected = dict(data="/data", data_backend="gpu", workers=3, prefetch=4, image_size=160, crop_pct=0.9,
-                    interpolation="bicubic", augmentation="autoaugment", synthetic_batches=7, arch="resnet50",
+                    interpolation="bicubic", augmentation="autoaugment", synthetic_batches=7, exif_orientation=True,
+                    class_map="map.json", arch="resnet50",
                     num_classes=12, conv_init="fan_out", last_bn_0_init=True, pretrained_from_file="w.pth",
                     ignore_head=True, epochs=40, run_epochs=3, early_stopping_patience=5, prof=9, batch_size=32,
                     optimizer_batch_size=64, lr=0.3, lr_schedule="step", end_lr=0.001, warmup=2,
@@ -355,7 +360,7 @@ def test_preprocessing_options_are_recorded(small_data, tmp_path):
                       interpolation="bicubic"))
     assert final_state(tmp_path)["preprocessing"] == {
         "image_size": 40, "crop_pct": 1.0, "interpolation": "bicubic",
-        "mean": [0.485, 0.456, 0.406], "std": [0.229, 0.224, 0.225]}
+        "mean": [0.485, 0.456, 0.406], "std": [0.229, 0.224, 0.225], "exif_orientation": False}
 
 
 def test_fine_tune_from_pretrained_file(small_data, embedded_data, tmp_path):

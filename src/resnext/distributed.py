@@ -170,11 +170,52 @@ def barrier(env: DistEnv) -> None:
         dist.barrier(group=env.control_group)
 
 
+def data_parallel(model: nn.Module, env: DistEnv) -> nn.parallel.DistributedDataParallel:
+    """`model` in DistributedDataParallel, gradients bucketed in place, buffers not synchronised every step.
+
+    Rank 0's BatchNorm statistics are broadcast before evaluation and saving instead (broadcast_buffers below):
+    the same numbers with one broadcast per epoch instead of one per step. torch >= 2.13 names that
+    `forward_sync_buffers=False` and deprecates `broadcast_buffers=False` with a FutureWarning that every rank
+    printed; the new flag still syncs buffers once at construction, which changes nothing here (every rank
+    builds the same model from the same seed or checkpoint).
+    """
+    import inspect
+
+    options = {"device_ids": [env.device.index] if env.device.type == "cuda" else None,
+               "gradient_as_bucket_view": True}
+    if "forward_sync_buffers" in inspect.signature(nn.parallel.DistributedDataParallel).parameters:
+        options["forward_sync_buffers"] = False
+    else:  # torch < 2.13
+        options["broadcast_buffers"] = False
+    return nn.parallel.DistributedDataParallel(model, **options)
+
+
 def broadcast_buffers(module: nn.Module, env: DistEnv) -> None:
     """Give every rank rank 0's BatchNorm statistics, so validation on any rank sees the checkpointed model."""
     if env.distributed:
         for buffer in module.buffers():
             dist.broadcast(buffer, src=0)
+
+
+class _AllReduceSum(torch.autograd.Function):
+    """The sum of a tensor over all ranks, differentiable: every rank's output depends on every rank's input, so
+    each input's gradient is the sum of the output gradients over the ranks (one more all-reduce).
+
+    What torch.distributed.nn.functional.all_reduce does for SUM; torch >= 2.13 deprecates that function with a
+    FutureWarning on every call and rank, and points to a private module instead.
+    """
+
+    @staticmethod
+    def forward(ctx, tensor: torch.Tensor) -> torch.Tensor:
+        total = tensor.clone()
+        dist.all_reduce(total)
+        return total
+
+    @staticmethod
+    def backward(ctx, grad: torch.Tensor) -> torch.Tensor:
+        grad = grad.clone(memory_format=torch.contiguous_format)
+        dist.all_reduce(grad)
+        return grad
 
 
 class CrossRankBatchNorm2d(nn.BatchNorm2d):
@@ -188,8 +229,7 @@ class CrossRankBatchNorm2d(nn.BatchNorm2d):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if not self.training:
             return super().forward(x)
-        from torch.distributed.nn.functional import all_reduce
-
+        all_reduce = _AllReduceSum.apply
         channels = x.shape[1]
         xf = x.float()
         count = torch.tensor([x.numel() / channels], dtype=torch.float32, device=x.device)

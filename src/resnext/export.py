@@ -84,7 +84,7 @@ def export_model(weights, format: str, output: str | Path | None = None, *, use_
                  arch: str | None = None, precision: str = "fp32", fold_bn: bool = False,
                  image_size: int | None = None, max_batch_size: int = REPOSITORY_MAX_BATCH,
                  model_name: str = "resnext", queue_delay_us: int = REPOSITORY_QUEUE_DELAY_US,
-                 module_prefix: bool = True) -> ExportResult:
+                 module_prefix: bool = True, class_names=None) -> ExportResult:
     """Export the model in `weights` (any layout resnext.load_model reads) and verify it before writing.
 
     format: onnx | torchscript | exported-program | safetensors | triton.
@@ -97,6 +97,8 @@ def export_model(weights, format: str, output: str | Path | None = None, *, use_
     max_batch_size, queue_delay_us, model_name: the Triton configuration (dynamic batching).
     nvidia: a training checkpoint of ours as NVIDIA's main.py --resume loads it (model, optimizer, EMA, epoch,
         best top-1); module_prefix=False for a single-GPU NVIDIA run (its DDP runs expect "module." keys).
+    class_names: a labels file, dataset folder or list naming the classes of weights that carry no names (or
+        checked against those they carry, by name); they go into labels.txt and the safetensors header.
     """
     from .prediction import Preprocessing, class_names_for
     from .weights import load_model
@@ -125,7 +127,7 @@ def export_model(weights, format: str, output: str | Path | None = None, *, use_
     model, meta = load_model(weights, arch=arch, use_ema=use_ema)
     preprocessing = Preprocessing.for_weights(meta, image_size)
     size = preprocessing.image_size
-    class_names = class_names_for(meta.num_classes, meta.class_names)
+    class_names = class_names_for(meta.num_classes, meta.class_names, class_names)
     checks = _verification_batches(size, precision)
     reference = model.float().eval()
     with torch.inference_mode():
@@ -267,8 +269,10 @@ def _exported_program(model: nn.Module, batches: list[Tensor]) -> tuple[bytes, l
 def _safetensors_bytes(model: nn.Module, meta, class_names: list[str], preprocessing) -> bytes:
     from safetensors.torch import save
 
+    # Whether training turned images upright by EXIF travels on, so evaluate keeps doing what training did.
+    trained = {key: value for key, value in (meta.preprocessing or {}).items() if key == "exif_orientation"}
     header = {"arch": meta.arch, "num_classes": meta.num_classes, "class_names": class_names,
-              "preprocessing": preprocessing.to_dict()}
+              "preprocessing": {**preprocessing.to_dict(), **trained}}
     tensors = {key: value.detach().contiguous() for key, value in model.state_dict().items()}
     return save(tensors, metadata={"resnext": json.dumps(header)})
 

@@ -141,16 +141,24 @@ def evaluate_weights(data: str | Path, weights, *, use_ema: bool = False, arch: 
                      device: str | torch.device | None = None, precision: str | None = None,
                      memory_format: str | None = None, compile: bool = False, cuda_graphs: bool = False,
                      image_size: int | None = None, crop_pct: float | None = None,
-                     interpolation: str | None = None) -> dict:
+                     interpolation: str | None = None, class_map: str | Path | dict | None = None,
+                     exif_orientation: bool | None = None) -> dict:
     """Evaluate the model in `weights` on a validation folder: the evaluation JSON of docs/ARCHITECTURE.md.
 
-    data: a split folder of class sub-folders, or a dataset root (its val/ is used).
+    data: a split folder of class sub-folders, or a dataset root (its val/ is used). Each class folder is scored
+    against the weights' class of the same name (resnext.data.match_classes: a subset of the classes is fine, a
+    folder the weights do not know is a UserError); class_map ({folder: class name or index}, or a --class-map
+    file) renames folders first. Weights without class names take the folders in sorted order.
     Preprocessing is the weights' own (checkpoint or named source), NVIDIA's eval path: shorter side to
     round(image_size / crop_pct), center crop; image_size / crop_pct / interpolation override it.
+    exif_orientation: turn images upright by their EXIF tag; default: what the weights were trained with, else
+    off (as torchvision's and NVIDIA's evaluation, which published accuracies come from).
     The numbers come from resnext.evaluation.evaluate, the function training validates with, so a checkpoint
     evaluated here with its training preprocessing gets the top-1 its training log reports.
     """
     from .data import IMAGENET_MEAN, IMAGENET_STD, create_loader, resolve_device
+    from .data.classes import match_classes, read_class_map
+    from .data.folder import find_classes, resolve_split
     from .device import configure_backends, resolve_memory_format, resolve_precision
     from .evaluation import evaluate
     from .prediction import Preprocessing
@@ -166,16 +174,21 @@ def evaluate_weights(data: str | Path, weights, *, use_ema: bool = False, arch: 
     if (tuple(preprocessing.mean), tuple(preprocessing.std)) != (IMAGENET_MEAN, IMAGENET_STD):
         raise UserError(f"these weights expect mean {list(preprocessing.mean)} and std {list(preprocessing.std)}, but "
                         "the evaluation loaders normalize with ImageNet's; use resnext.predict for such weights.")
-    loader = create_loader(backend, data, train=False, batch_size=batch_size, image_size=preprocessing.image_size,
+    split = resolve_split(data, train=False)
+    if class_map is not None and not isinstance(class_map, dict):
+        class_map = read_class_map(class_map)
+    classes = match_classes(find_classes(split), meta.class_names, meta.num_classes, class_map=class_map,
+                            data=f"'{split}'")
+    if exif_orientation is None:
+        exif_orientation = bool((meta.preprocessing or {}).get("exif_orientation", False))
+    loader = create_loader(backend, split, train=False, batch_size=batch_size, image_size=preprocessing.image_size,
                            crop_pct=preprocessing.crop_pct, interpolation=preprocessing.interpolation,
-                           workers=workers, device=device, memory_format=layout)
-    class_names = list(loader.class_names)
-    if len(class_names) != meta.num_classes:
-        raise UserError(f"the weights classify {meta.num_classes} classes but '{data}' has {len(class_names)} class "
-                        "folders; evaluate them on the dataset they were trained for.")
-    if meta.class_names and sorted(meta.class_names) == sorted(class_names) and meta.class_names != class_names:
-        log.warning("the weights list their classes in another order than the folders of %s; labels are scored "
-                    "by folder order.", data)
+                           workers=workers, device=device, memory_format=layout, classes=classes,
+                           exif_orientation=exif_orientation)
+    class_names = list(classes.class_names)
+    if len(classes.labels_used) < len(class_names):
+        log.info("evaluating %d of the weights' %d classes (%s), each folder against its class by %s.",
+                 len(classes.labels_used), len(class_names), split, classes.matched_by)
 
     prepared = prepare_model(model, device, precision=precision, memory_format=layout, compile=compile,
                              cuda_graphs=cuda_graphs)
@@ -184,9 +197,12 @@ def evaluate_weights(data: str | Path, weights, *, use_ema: bool = False, arch: 
         _warm_up(prepared, [full, loader.dataset_size % batch_size], preprocessing.image_size, device, precision,
                  layout)
     confusion = len(class_names) <= MAX_CONFUSION_CLASSES
-    raw = evaluate(prepared, loader, device=device, precision=precision, topk=5, confusion=confusion)
-    per_class = [{"name": name, "images": images, "top1": 100.0 * hits / images if images else 0.0}
-                 for name, images, hits in zip(class_names, raw["per_class_images"], raw["per_class_top1_hits"])]
+    raw = evaluate(prepared, loader, device=device, precision=precision, topk=5, confusion=confusion,
+                   num_classes=len(class_names))
+    # Only the classes that have a folder: a class the data does not hold has no accuracy to show.
+    per_class = [{"name": class_names[label], "images": raw["per_class_images"][label],
+                  "top1": 100.0 * raw["per_class_top1_hits"][label] / max(1, raw["per_class_images"][label])}
+                 for label in classes.labels_used]
     result = {
         "top1": raw["top1"], "top5": raw["top5"], "loss": raw["loss"], "images": raw["images"],
         "img_s": raw["compute_ips"], "img_s_total": raw["total_ips"], "batch_size": batch_size,
@@ -194,8 +210,10 @@ def evaluate_weights(data: str | Path, weights, *, use_ema: bool = False, arch: 
         "per_class": per_class, "class_names": class_names,
         "weights": str(meta.path or weights), "arch": meta.arch, "ema": use_ema, "precision": precision,
         "device": torch.cuda.get_device_name(device) if device.type == "cuda" else str(device),
-        "compile": compile, "cuda_graphs": cuda_graphs, "preprocessing": preprocessing.to_dict(),
+        "compile": compile, "cuda_graphs": cuda_graphs,
+        "preprocessing": {**preprocessing.to_dict(), "exif_orientation": exif_orientation},
         "data": str(data), "skipped": [path for path, _ in loader.skipped],
+        "class_to_idx": dict(classes.class_to_idx), "classes_matched_by": classes.matched_by,
     }
     if confusion:
         result["confusion"] = raw["confusion"]

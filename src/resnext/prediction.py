@@ -9,7 +9,10 @@
 
 Pixels go through the same code as the validation loaders (resnext.data: libjpeg-turbo or Pillow decode, shorter
 side to round(size / crop_pct), center crop, ImageNet normalization), so a file predicted here gets the logits it
-gets inside `resnext evaluate`. A file that cannot be read becomes a Prediction with `error` set; the others go on.
+gets inside `resnext evaluate`, with one difference meant for people's photos: an image whose EXIF orientation tag
+says it is stored sideways (a phone held upright) is turned upright first (exif_orientation=False, or
+--no-exif-orientation, reads it as stored, as the loaders do unless told otherwise). A file that cannot be read
+becomes a Prediction with `error` set; the others go on.
 """
 from __future__ import annotations
 
@@ -23,11 +26,12 @@ from typing import Iterable, Iterator, Sequence
 
 import numpy as np
 import torch
-from PIL import Image
+from PIL import Image, ImageOps
 from torch import Tensor, nn
 
 from .data import IMAGE_EXTENSIONS, IMAGENET_MEAN, IMAGENET_STD, UnreadableImageError
-from .data.decode import decode_file, decode_pixels, to_rgb
+from .data.decode import EMPTY_FILE, decode_file, decode_pixels, to_rgb
+from .data.folder import walk_images
 from .data.transforms import eval_resize_crop, interpolation_mode, resize_size
 from .device import autocast
 from .errors import UserError
@@ -40,8 +44,24 @@ DEFAULT_CROP_PCT = 0.875
 DEFAULT_INTERPOLATION = "bilinear"
 
 
-def class_names_for(num_classes: int, names: Sequence[str] | None) -> list[str]:
-    """The names to print for a classifier: its own, else ImageNet's for 1,000 outputs, else class_0, class_1..."""
+def class_names_for(num_classes: int, names: Sequence[str] | None, given: str | os.PathLike | Sequence[str] | None = None
+                    ) -> list[str]:
+    """The names to print for a classifier: its own, else ImageNet's for 1,000 outputs, else class_0, class_1...
+
+    given: class names from the user (--class-names: a labels file, a dataset folder, or a list), matched to the
+    weights' own by name (resnext.data.match_classes): for weights that carry names they must be among them
+    (the weights' order stays, whatever the order given); weights without names take them in the order given,
+    as many as the weights have classes. A UserError names what does not match.
+    """
+    if given is not None:
+        from .data.classes import match_classes, read_class_names
+
+        if isinstance(given, (str, os.PathLike)):
+            listed, source = read_class_names(given), f"--class-names '{given}'"
+        else:
+            listed, source = [str(name) for name in given], "the class names given"
+        own = names if names and len(names) == num_classes else None
+        return list(match_classes(listed, own, num_classes, data=source, what="class name").class_names)
     if names and len(names) == num_classes:
         return [str(name) for name in names]
     if num_classes == 1000:
@@ -51,10 +71,13 @@ def class_names_for(num_classes: int, names: Sequence[str] | None) -> list[str]:
 
 @dataclass(frozen=True)
 class Preprocessing:
-    """Eval preprocessing of one image: decode, shorter side to round(size / crop_pct), center crop, normalize.
+    """Eval preprocessing of one image: decode, upright by EXIF orientation, shorter side to round(size / crop_pct),
+    center crop, normalize.
 
     Calling it on a path, bytes or a PIL image returns a float32 (3, image_size, image_size) tensor, normalized
     with `mean` / `std` (of [0, 1] pixels). `for_weights(meta)` takes the values the weights were trained with.
+    exif_orientation: turn images upright by their EXIF orientation tag (Pillow's ImageOps.exif_transpose), on by
+    default because people's photos need it; False gives exactly the loaders' default pixels.
     """
 
     image_size: int = DEFAULT_IMAGE_SIZE
@@ -62,6 +85,7 @@ class Preprocessing:
     interpolation: str = DEFAULT_INTERPOLATION
     mean: tuple[float, float, float] = IMAGENET_MEAN
     std: tuple[float, float, float] = IMAGENET_STD
+    exif_orientation: bool = True
 
     def __post_init__(self) -> None:
         if not isinstance(self.image_size, int) or self.image_size < 1:
@@ -71,7 +95,7 @@ class Preprocessing:
 
     @classmethod
     def for_weights(cls, meta=None, image_size: int | None = None, crop_pct: float | None = None,
-                    interpolation: str | None = None) -> "Preprocessing":
+                    interpolation: str | None = None, exif_orientation: bool = True) -> "Preprocessing":
         """The preprocessing stored with the weights (ModelMeta.preprocessing), with any value overridden."""
         stored = dict(getattr(meta, "preprocessing", None) or {})
 
@@ -81,21 +105,28 @@ class Preprocessing:
         return cls(image_size=int(pick(image_size, "image_size", DEFAULT_IMAGE_SIZE)),
                    crop_pct=float(pick(crop_pct, "crop_pct", DEFAULT_CROP_PCT)),
                    interpolation=pick(interpolation, "interpolation", DEFAULT_INTERPOLATION),
-                   mean=tuple(stored.get("mean") or IMAGENET_MEAN), std=tuple(stored.get("std") or IMAGENET_STD))
+                   mean=tuple(stored.get("mean") or IMAGENET_MEAN), std=tuple(stored.get("std") or IMAGENET_STD),
+                   exif_orientation=exif_orientation)
 
     def to_dict(self) -> dict:
-        return {**asdict(self), "mean": list(self.mean), "std": list(self.std)}
+        """The values that describe the weights' preprocessing (what checkpoints and exports store); whether
+        EXIF orientation is applied is a choice of the caller, so it is not among them."""
+        values = {**asdict(self), "mean": list(self.mean), "std": list(self.std)}
+        values.pop("exif_orientation")
+        return values
 
     def pixels(self, source) -> Tensor:
         """uint8 (3, H, W) RGB pixels of a path, encoded bytes, or PIL image; UnreadableImageError if unreadable."""
         if isinstance(source, (str, os.PathLike)):
-            return decode_file(source)
+            return decode_file(source, exif_orientation=self.exif_orientation)
         if isinstance(source, (bytes, bytearray, memoryview, np.ndarray)):
             data = np.frombuffer(source, dtype=np.uint8).copy()  # writable: torch.from_numpy shares it
             if data.size == 0:
-                raise UnreadableImageError("<bytes>", "no data (0 bytes)")
-            return decode_pixels(data, "<bytes>")
+                raise UnreadableImageError("<bytes>", EMPTY_FILE)
+            return decode_pixels(data, "<bytes>", exif_orientation=self.exif_orientation)
         if isinstance(source, Image.Image):
+            if self.exif_orientation:
+                source = ImageOps.exif_transpose(source)
             return torch.from_numpy(np.array(to_rgb(source))).permute(2, 0, 1)
         raise TypeError(f"expected a path, bytes or a PIL image, got {type(source).__name__}")
 
@@ -143,16 +174,20 @@ class Predictor:
     def from_weights(cls, weights, *, use_ema: bool = False, arch: str | None = None,
                      device: str | torch.device | None = None, precision: str | None = None,
                      image_size: int | None = None, crop_pct: float | None = None,
-                     interpolation: str | None = None) -> "Predictor":
-        """Load `weights` (any layout resnext.load_model reads) with the preprocessing they were trained with."""
+                     interpolation: str | None = None, exif_orientation: bool = True,
+                     class_names: str | os.PathLike | Sequence[str] | None = None) -> "Predictor":
+        """Load `weights` (any layout resnext.load_model reads) with the preprocessing they were trained with.
+
+        class_names: names for weights that carry none, or a check of those they carry (class_names_for).
+        """
         from .data import resolve_device
         from .weights import load_model
 
         device = resolve_device(device)
         model, meta = load_model(weights, arch=arch, use_ema=use_ema, device=device)
-        preprocessing = Preprocessing.for_weights(meta, image_size, crop_pct, interpolation)
-        return cls(model, class_names_for(meta.num_classes, meta.class_names), preprocessing, device=device,
-                   precision=precision)
+        preprocessing = Preprocessing.for_weights(meta, image_size, crop_pct, interpolation, exif_orientation)
+        return cls(model, class_names_for(meta.num_classes, meta.class_names, class_names), preprocessing,
+                   device=device, precision=precision)
 
     @property
     def num_classes(self) -> int:
@@ -204,7 +239,9 @@ class Predictor:
 def find_images(inputs: Iterable[str | os.PathLike]) -> list[Path]:
     """The files named by `inputs`: files as given, folders searched recursively for images, glob patterns expanded.
 
-    Order: the inputs' order, each folder's and pattern's files sorted; a file named twice is listed once.
+    Folders are searched with the loaders' rule (resnext.data.folder.walk_images: any depth, symbolic links
+    followed, hidden names and non-image files left out). Order: the inputs' order, each folder's files in
+    ImageFolder's order, each pattern's matches sorted; a file named twice is listed once.
     A UserError names an input that does not exist, a pattern that matches nothing, or a folder without images.
     """
     found: dict[Path, None] = {}
@@ -233,27 +270,25 @@ def find_images(inputs: Iterable[str | os.PathLike]) -> list[Path]:
 
 
 def _images_in(folder: Path) -> list[Path]:
-    images = []
-    for root, dirs, files in os.walk(folder):
-        dirs[:] = sorted(d for d in dirs if not d.startswith("."))
-        images += [Path(root) / name for name in sorted(files)
-                   if name.lower().endswith(IMAGE_EXTENSIONS) and not name.startswith(".")]
-    return images
+    return [folder / image for image in walk_images(folder)[0]]
 
 
 def predict(inputs: str | os.PathLike | Iterable[str | os.PathLike], weights, *, topk: int = 5,
             batch_size: int = 32, use_ema: bool = False, device: str | torch.device | None = None,
             precision: str | None = None, image_size: int | None = None, crop_pct: float | None = None,
-            interpolation: str | None = None, workers: int | None = None) -> list[Prediction]:
+            interpolation: str | None = None, workers: int | None = None, exif_orientation: bool = True,
+            class_names: str | os.PathLike | Sequence[str] | None = None) -> list[Prediction]:
     """Top-k classes of image files, folders (searched recursively) or glob patterns, with the model in `weights`.
 
     Class names come from the weights (our checkpoints and safetensors exports carry the dataset's names); a
     1,000-class model without names gets ImageNet's. Preprocessing is the weights' own unless overridden.
-    Unreadable files come back with `error` set instead of classes.
+    Unreadable files come back with `error` set instead of classes. Photos are turned upright by their EXIF
+    orientation tag unless exif_orientation=False. class_names: see class_names_for.
     """
     if isinstance(inputs, (str, os.PathLike)):
         inputs = [inputs]
     paths = find_images(inputs)
     predictor = Predictor.from_weights(weights, use_ema=use_ema, device=device, precision=precision,
-                                       image_size=image_size, crop_pct=crop_pct, interpolation=interpolation)
+                                       image_size=image_size, crop_pct=crop_pct, interpolation=interpolation,
+                                       exif_orientation=exif_orientation, class_names=class_names)
     return list(predictor.predict_files(paths, topk=topk, batch_size=batch_size, workers=workers))

@@ -98,6 +98,15 @@ class TrainConfig:
                "(docs/performance.md); the same pixels when a crop is under twice the output size, otherwise a "
                "mean difference under 1 level (docs/data.md)",
         ignored=lambda c: "without --data-backend pytorch" if (c.data_backend or "pytorch") != "pytorch" else None)
+    exif_orientation: bool = option(
+        False, "--exif-orientation", group="data", kind="toggle", nvidia_parser=None,
+        help="turn each training and validation image upright by its EXIF orientation tag (default off, as "
+             "torchvision's and NVIDIA's loaders, which published ImageNet accuracies come from; recorded in "
+             "checkpoints, so evaluate and predict follow it; docs/data.md)")
+    class_map: str | None = option(
+        None, "--class-map", group="data", type=str, none=True, metavar="FILE", nvidia_parser=None,
+        help="map class folders to the classes of the --resume / pretrained weights when the names differ: a JSON "
+             "object {\"folder\": \"class name or index\"} or CSV lines folder,class (default: matched by name)")
     synthetic_batches: int | None = option(
         None, "--synthetic-batches", group="data", type=int, low=1, none=True, nvidia_parser=None,
         help="batches per epoch of the synthetic backend; default: --prof when given (NVIDIA's synthetic loader "

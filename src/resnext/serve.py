@@ -175,16 +175,19 @@ class Server:
 
 def serve(weights, *, use_ema: bool = False, arch: str | None = None, device: str | torch.device | None = None,
           precision: str | None = None, image_size: int | None = None, crop_pct: float | None = None,
-          interpolation: str | None = None, on_ready: Callable[[Server], None] | None = None,
-          **server_options) -> None:
+          interpolation: str | None = None, exif_orientation: bool = True, class_names=None,
+          on_ready: Callable[[Server], None] | None = None, **server_options) -> None:
     """Serve the model in `weights` until a stop signal (SIGTERM, SIGINT, SIGHUP, SIGUSR1) or until Triton stops, then
     shut down cleanly.
 
     server_options: Server's keyword arguments (model_name, host, http_port, grpc_port, metrics_port,
     max_batch_size, queue_delay_us, topk, log_file). on_ready(server) runs once the models answer.
+    exif_orientation: MODEL_image turns each image upright by its EXIF orientation tag first (photos from
+    phones); class_names: names for weights without them, or a check of theirs (predict.class_names_for).
     """
     predictor = Predictor.from_weights(weights, use_ema=use_ema, arch=arch, device=device, precision=precision,
-                                       image_size=image_size, crop_pct=crop_pct, interpolation=interpolation)
+                                       image_size=image_size, crop_pct=crop_pct, interpolation=interpolation,
+                                       exif_orientation=exif_orientation, class_names=class_names)
     server = Server(predictor, **server_options)
     stop = threading.Event()
     with _stop_on_signals(stop):

@@ -185,11 +185,16 @@ def setup(config: TrainConfig, env: DistEnv) -> tuple[Run, Progress, Path | None
 
     config.data_backend = resolve_backend(config.data_backend)
     config.seed = ckpt.resolve_seed(config.seed, state, env)
+    from .weights import load_weights, pretrained_weights, read_weights
+
+    # Read before the loaders: the weights' class names label the folders.
+    starting = (config.pretrained_from_file or config.pretrained) and state is None
+    pretrained = read_weights(pretrained_weights(config)) if starting else None
 
     torch.manual_seed(config.seed)
     np.random.seed(config.seed % 2**32)
     random.seed(config.seed)
-    train_loader, val_loader, class_names = build_loaders(config, env, memory_format)
+    train_loader, val_loader, class_names = build_loaders(config, env, memory_format, state, resume_path, pretrained)
     num_classes = config.num_classes or len(class_names)
     if state is not None:
         check_resume_compatible(state, config, num_classes, resume_path)
@@ -200,10 +205,8 @@ def setup(config: TrainConfig, env: DistEnv) -> tuple[Run, Progress, Path | None
     if config.evaluate and state is None and config.resume:
         raise UserError(f"--evaluate found no checkpoint to evaluate ({config.resume}); pass --resume CHECKPOINT or "
                         "--pretrained-from-file FILE.")
-    if (config.pretrained_from_file or config.pretrained) and state is None:
-        from .weights import load_weights, pretrained_weights
-
-        load_weights(model, pretrained_weights(config), ignore_head=config.ignore_head)
+    if pretrained is not None:
+        load_weights(model, pretrained, ignore_head=config.ignore_head)
     if config.sync_bn:
         model = distributed.convert_sync_batchnorm(model, env)
     model.to(env.device, memory_format=memory_format)
@@ -228,9 +231,7 @@ def setup(config: TrainConfig, env: DistEnv) -> tuple[Run, Progress, Path | None
     if env.distributed:
         # Buffers are not broadcast every step: rank 0's BN statistics are sent before evaluation and saving,
         # which gives the same numbers with one broadcast per epoch instead of one per step.
-        ddp = nn.parallel.DistributedDataParallel(
-            model, device_ids=[env.device.index] if env.device.type == "cuda" else None,
-            broadcast_buffers=False, gradient_as_bucket_view=True)
+        ddp = distributed.data_parallel(model, env)
         train_model = ddp
     if config.jit == "script":
         train_model = script_model(train_model)
@@ -263,11 +264,15 @@ def restore(state: dict, model: nn.Module, ema: ModelEMA | None, optimizer: torc
                                                env.world_size), steps_per_epoch=steps_per_epoch))
 
 
-def build_loaders(config: TrainConfig, env: DistEnv,
-                  memory_format: torch.memory_format) -> tuple[Loader | None, Loader | None, list[str]]:
+def build_loaders(config: TrainConfig, env: DistEnv, memory_format: torch.memory_format, state: dict | None = None,
+                  resume_path: Path | None = None,
+                  pretrained=None) -> tuple[Loader | None, Loader | None, list[str]]:
     """The training and validation loaders `config` asks for (None where the mode needs none), and the class
-    names. Raises UserError for a dataset whose layout or class count does not fit."""
+    names: the folders labelled by the names of the checkpoint `state` or the `pretrained` weights
+    (data.classes.classes_for_training). Raises UserError for a dataset whose layout, class names or class count
+    does not fit."""
     from .data import check_num_classes, create_loader, find_dataset
+    from .data.classes import classes_for_training
 
     common = dict(backend=config.data_backend, image_size=config.image_size, crop_pct=config.eval_crop_pct(),
                   interpolation=config.interpolation, workers=config.workers, prefetch=config.prefetch,
@@ -281,8 +286,13 @@ def build_loaders(config: TrainConfig, env: DistEnv,
         train_loader = create_loader(train=True, **synthetic)
         val_loader = None if config.training_only else create_loader(train=False, **synthetic)
         return train_loader, val_loader, class_names
-    train_dir, val_dir, class_names = find_dataset(config.data)
+    train_dir, val_dir, folders = find_dataset(config.data)
+    classes = classes_for_training(folders, data=f"'{config.data}'", checkpoint=state, checkpoint_path=resume_path,
+                                   pretrained=pretrained, class_map=config.class_map, evaluate=config.evaluate,
+                                   ignore_head=config.ignore_head)
+    class_names = list(classes.class_names)
     check_num_classes(config.num_classes, class_names, config.data)
+    common.update(classes=classes, exif_orientation=config.exif_orientation)
     train_loader = None if config.evaluate else create_loader(root=train_dir, train=True,
                                                                 augmentation=config.augmentation,
                                                                 jpeg_decode=config.jpeg_decode, **common)
@@ -567,7 +577,7 @@ def save_checkpoint(run: Run, progress: Progress, session: Session, is_best: boo
             accumulation=run.accumulation,
             preprocessing={"image_size": config.image_size, "crop_pct": config.eval_crop_pct(),
                            "interpolation": config.interpolation, "mean": list(IMAGENET_MEAN),
-                           "std": list(IMAGENET_STD)})
+                           "std": list(IMAGENET_STD), "exif_orientation": config.exif_orientation})
         path = run.checkpoints.write(state, progress.epoch, progress.global_step, is_best=is_best)
     distributed.barrier(env)
     return path

@@ -161,7 +161,7 @@ class ModelMeta:
 
 
 @dataclass
-class _Weights:
+class Weights:
     state: dict[str, Tensor]
     layout: str
     meta: dict  # arch / num_classes / class_names / preprocessing where the file or its source says
@@ -175,6 +175,14 @@ class _Weights:
 
 # --------------------------------------------------------------------------------------------------------------
 # Public API
+
+
+def read_weights(source: WeightsSource, use_ema: bool = False) -> Weights:
+    """Read `source` once (as read_state_dict does) and keep what it says about itself: `.state` (our layout),
+    `.meta` (arch, num_classes, class_names, preprocessing where the file says), `.path`. load_weights and
+    load_model accept the result in place of the path, so a caller can look at the class names before loading.
+    """
+    return _read(source, use_ema)
 
 
 def read_state_dict(source: WeightsSource, use_ema: bool = False) -> dict[str, Tensor]:
@@ -330,7 +338,9 @@ def resolve_weights(spec: str | os.PathLike) -> Path:
 # Reading
 
 
-def _read(source: WeightsSource, use_ema: bool) -> _Weights:
+def _read(source: WeightsSource, use_ema: bool) -> Weights:
+    if isinstance(source, Weights):
+        return source
     path, meta, named = None, {}, None
     if isinstance(source, (str, os.PathLike)):
         text = os.fspath(source)
@@ -348,7 +358,7 @@ def _read(source: WeightsSource, use_ema: bool) -> _Weights:
     state, container, checkpoint_meta = _unwrap(content, use_ema, name)
     meta = {**meta, **checkpoint_meta}
     state, notes = _normalise_keys(state, name)
-    return _Weights(state=state, layout=", ".join([container, *notes]), meta=meta, path=path, source=named)
+    return Weights(state=state, layout=", ".join([container, *notes]), meta=meta, path=path, source=named)
 
 
 def _load_file(path: Path) -> tuple[Any, dict]:
@@ -497,7 +507,7 @@ def _unwrap_module(model: nn.Module) -> nn.Module:
             return model
 
 
-def _load_into(model: nn.Module, weights: _Weights, strict: bool, ignore_head: bool) -> LoadReport:
+def _load_into(model: nn.Module, weights: Weights, strict: bool, ignore_head: bool) -> LoadReport:
     target = _unwrap_module(model)
     expected = target.state_dict()
     state = weights.state
@@ -518,8 +528,9 @@ def _load_into(model: nn.Module, weights: _Weights, strict: bool, ignore_head: b
     target.load_state_dict(fitting, strict=False)
     where = weights.name
     if skipped_head:
-        had = (f"a {weights.state['fc.weight'].shape[0]}-class classifier" if "fc.weight" in weights.state
-               else "no classifier")
+        had = weights.meta.get("head_note") or (
+            f"a {weights.state['fc.weight'].shape[0]}-class classifier" if "fc.weight" in weights.state
+            else "no classifier")
         log.warning("%s has %s; the model's %d-class classifier is left as initialised for fine-tuning.",
                     where, had, expected["fc.weight"].shape[0])
     if missing or unexpected or mismatched:
@@ -531,7 +542,7 @@ def _load_into(model: nn.Module, weights: _Weights, strict: bool, ignore_head: b
                       skipped_head=skipped_head, layout=weights.layout)
 
 
-def _mismatch_message(arch: str, weights: _Weights, expected: dict[str, Tensor], missing, unexpected,
+def _mismatch_message(arch: str, weights: Weights, expected: dict[str, Tensor], missing, unexpected,
                       mismatched) -> str:
     parts = []
     if missing:

@@ -18,7 +18,7 @@ import argparse
 from pathlib import Path
 
 from ..deployment import EXPORT_FORMATS, REPOSITORY_MAX_BATCH, REPOSITORY_QUEUE_DELAY_US
-from .options import add_weights_arguments, non_negative_int, positive_int
+from .options import add_class_names_argument, add_weights_arguments, non_negative_int, positive_int
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -34,6 +34,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="input height and width (default: the weights' training size, else 224)")
     parser.add_argument("--no-module-prefix", dest="module_prefix", action="store_false",
                         help="nvidia: keys without DDP's 'module.' prefix, for a single-GPU NVIDIA run")
+    add_class_names_argument(parser)
     triton = parser.add_argument_group("triton")
     triton.add_argument("--model-name", default="resnext", help="the model's name in the repository")
     triton.add_argument("--max-batch-size", type=positive_int, default=REPOSITORY_MAX_BATCH,
@@ -48,7 +49,8 @@ def run(args: argparse.Namespace) -> int:
     result = export_model(args.weights, args.format, args.output, use_ema=args.ema, arch=args.arch,
                           precision=args.precision, fold_bn=args.fold_bn, image_size=args.image_size,
                           max_batch_size=args.max_batch_size, model_name=args.model_name,
-                          queue_delay_us=args.queue_delay_us, module_prefix=args.module_prefix)
+                          queue_delay_us=args.queue_delay_us, module_prefix=args.module_prefix,
+                          class_names=args.class_names)
     print(f"wrote {result.path} ({result.format}, {result.precision}; largest difference to PyTorch "
           f"{result.max_abs_diff:.2g}, allowed {result.tolerance:.2g})")
     return 0

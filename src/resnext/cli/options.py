@@ -71,6 +71,34 @@ def add_preprocessing_arguments(parser: argparse.ArgumentParser) -> None:
                        help="resize filter (timm's gluon weights: bicubic)")
 
 
+def add_class_names_argument(parser: argparse.ArgumentParser) -> None:
+    """--class-names: name the classes of weights that carry none (predict, export, serve)."""
+    parser.add_argument("--class-names", metavar="FILE|DIR", default=None,
+                        help="class names for weights that carry none: a labels file (one name per line, in class "
+                             "order) or the dataset folder they were trained on (its class folders, sorted); for "
+                             "weights that carry names, a check that these are among them")
+
+
+def add_class_map_argument(parser: argparse.ArgumentParser) -> None:
+    """--class-map: relabel class folders explicitly where data meets weights (evaluate, train)."""
+    parser.add_argument("--class-map", metavar="FILE", default=None,
+                        help='map class folders to the weights\' classes when the names differ: a JSON object '
+                             '{"folder": "class name or index"} or CSV lines folder,class (default: by name)')
+
+
+def add_exif_argument(parser: argparse.ArgumentParser, default: bool | None) -> None:
+    """--exif-orientation / --no-exif-orientation: on for photos (predict, serve), off for training data, and for
+    evaluate (None) what the weights were trained with."""
+    if default:
+        text = ("turn each image upright by its EXIF orientation tag first, as phone photos need (default; "
+                "--no-exif-orientation reads the pixels as stored, as training and evaluation do by default)")
+    else:
+        when = "what the weights were trained with, else off" if default is None else "off"
+        text = (f"turn each image upright by its EXIF orientation tag (default: {when}, as torchvision's and "
+                "NVIDIA's loaders, which published ImageNet accuracies come from; docs/data.md)")
+    parser.add_argument("--exif-orientation", action=argparse.BooleanOptionalAction, default=default, help=text)
+
+
 def name_list(text: str) -> tuple[str, ...]:
     """'pytorch,gpu' -> ('pytorch', 'gpu'); the library checks the names (importing it here would slow start-up)."""
     return tuple(name.strip() for name in text.split(",") if name.strip())

@@ -17,13 +17,16 @@ import os
 import sys
 
 from ..recipe import PRECISIONS
-from .options import add_preprocessing_arguments, add_weights_arguments, non_negative_int, positive_int
+from .options import (add_class_names_argument, add_exif_argument, add_preprocessing_arguments, add_weights_arguments,
+                      non_negative_int, positive_int)
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("paths", nargs="+", metavar="PATH", help="image files, folders or glob patterns")
     add_weights_arguments(parser)
     add_preprocessing_arguments(parser)
+    add_exif_argument(parser, default=True)
+    add_class_names_argument(parser)
     parser.add_argument("--topk", type=positive_int, default=5, help="classes per image")
     parser.add_argument("-b", "--batch-size", type=positive_int, default=32, help="images per forward pass")
     parser.add_argument("-j", "--workers", type=non_negative_int, default=min(8, os.cpu_count() or 1),
@@ -42,7 +45,8 @@ def run(args: argparse.Namespace) -> int:
     paths = find_images(args.paths)
     predictor = Predictor.from_weights(args.weights, use_ema=args.ema, arch=args.arch, device=args.device,
                                        precision=args.precision, image_size=args.image_size,
-                                       crop_pct=args.crop_pct, interpolation=args.interpolation)
+                                       crop_pct=args.crop_pct, interpolation=args.interpolation,
+                                       exif_orientation=args.exif_orientation, class_names=args.class_names)
     predictions = predictor.predict_files(paths, topk=args.topk, batch_size=args.batch_size,
                                           workers=max(1, args.workers))
     writer = csv.writer(sys.stdout) if args.csv else None

@@ -17,12 +17,15 @@ from pathlib import Path
 
 from ..deployment import SERVE_MAX_BATCH, SERVE_PORTS, SERVE_QUEUE_DELAY_US
 from ..recipe import PRECISIONS
-from .options import add_preprocessing_arguments, add_weights_arguments, non_negative_int, positive_int
+from .options import (add_class_names_argument, add_exif_argument, add_preprocessing_arguments, add_weights_arguments,
+                      non_negative_int, positive_int)
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     add_weights_arguments(parser)
     add_preprocessing_arguments(parser)
+    add_exif_argument(parser, default=True)
+    add_class_names_argument(parser)
     net = parser.add_argument_group("server")
     net.add_argument("--host", default="127.0.0.1",
                      help="address to listen on (0.0.0.0: every interface; default: this machine only)")
@@ -61,7 +64,8 @@ def run(args: argparse.Namespace) -> int:
               "  Ctrl-C or SIGTERM stops the server.", flush=True)
 
     serve(args.weights, use_ema=args.ema, arch=args.arch, device=args.device, precision=args.precision,
-          image_size=args.image_size, crop_pct=args.crop_pct, interpolation=args.interpolation, on_ready=ready,
+          image_size=args.image_size, crop_pct=args.crop_pct, interpolation=args.interpolation,
+          exif_orientation=args.exif_orientation, class_names=args.class_names, on_ready=ready,
           model_name=args.model_name, host=args.host, http_port=args.http_port, grpc_port=args.grpc_port,
           metrics_port=args.metrics_port, max_batch_size=args.max_batch_size, queue_delay_us=args.queue_delay_us,
           topk=args.topk, log_file=args.log_file)

@@ -21,12 +21,14 @@ from ..device import resolve_device
 from ..errors import UserError
 from ..recipe import DATA_BACKENDS as BACKENDS
 from ..recipe import JPEG_DECODES
+from .classes import ClassLabels, match_classes, read_class_map, read_class_names
 from .decode import UnreadableImageError, load_image, max_image_pixels
-from .folder import IMAGE_EXTENSIONS, ImageFolder, find_dataset, resolve_split
+from .folder import IMAGE_EXTENSIONS, ImageFolder, find_dataset, resolve_split, walk_images
 from .transforms import IMAGENET_MEAN, IMAGENET_STD, EvalPreprocess, TrainAugment, eval_transform, normalize_batch
 
 __all__ = ["BACKENDS", "create_loader", "find_dataset", "resolve_device", "ImageFolder", "IMAGE_EXTENSIONS",
-           "UnreadableImageError", "load_image", "eval_transform", "normalize_batch", "IMAGENET_MEAN", "IMAGENET_STD"]
+           "UnreadableImageError", "load_image", "eval_transform", "normalize_batch", "IMAGENET_MEAN", "IMAGENET_STD",
+           "ClassLabels", "match_classes", "read_class_map", "read_class_names", "walk_images"]
 
 MEMORY_FORMATS = (torch.contiguous_format, torch.channels_last)
 
@@ -43,7 +45,8 @@ def create_loader(backend: str, root: str | os.PathLike | None = None, *, train:
                   memory_format: torch.memory_format = torch.contiguous_format, rank: int = 0, world_size: int = 1,
                   seed: int = 0, drop_last: bool | None = None, num_classes: int | None = None,
                   augmentation: str | None = None, prefetch: int = 2, synthetic_batches_per_epoch: int = 100,
-                  jpeg_decode: str = "scaled", gpu_batched: bool = True, dali_ops: str = "resnext"):
+                  jpeg_decode: str = "scaled", gpu_batched: bool = True, dali_ops: str = "resnext",
+                  classes: ClassLabels | None = None, exif_orientation: bool = False):
     """A loader of (images, labels) device batches; see docs/ARCHITECTURE.md "Data contract".
 
     backend: pytorch | gpu | dali-cpu | dali-gpu | synthetic.
@@ -55,7 +58,7 @@ def create_loader(backend: str, root: str | os.PathLike | None = None, *, train:
     workers: worker processes (pytorch, gpu) or DALI threads; 0 reads in the main process.
     prefetch: batches each worker (or DALI) prepares ahead.
     num_classes: the synthetic label range (default 1000); for folder backends, when given, it must equal
-        the number of class folders.
+        the number of classes (of `classes` when given, else of class folders).
     augmentation: None or "autoaugment" (pytorch and gpu backends).
     synthetic_batches_per_epoch: len() of the synthetic loader.
     jpeg_decode: how the pytorch backend's training loader decodes JPEGs: "scaled" (default) draws the crop box
@@ -66,6 +69,10 @@ def create_loader(backend: str, root: str | os.PathLike | None = None, *, train:
         (gpu.batched_resized_crop); False runs the per-sample reference path.
     dali_ops: the DALI backends' pipeline: "resnext" (the same pixels as the pytorch backend) or "nvidia"
         (NVIDIA's operators and parameters, what `resnext train` runs by default); see data/dali.py.
+    classes: the label of each class folder (match_classes: the weights' index of the folder's name), default
+        the class folders in sorted order numbered from 0. loader.class_names is then classes.class_names.
+    exif_orientation: turn each image upright by its EXIF orientation tag before cropping (every backend).
+        Off by default, as in torchvision's and NVIDIA's loaders (published ImageNet results are without it).
     """
     if backend not in BACKENDS:
         close = difflib.get_close_matches(str(backend), BACKENDS, n=1)
@@ -85,7 +92,8 @@ def create_loader(backend: str, root: str | os.PathLike | None = None, *, train:
         _check_positive(synthetic_batches_per_epoch=synthetic_batches_per_epoch)
         from .synthetic import SyntheticLoader
 
-        return SyntheticLoader(batch_size=batch_size, image_size=image_size, num_classes=num_classes or 1000,
+        num_classes = num_classes or (classes.num_classes if classes is not None else 1000)
+        return SyntheticLoader(batch_size=batch_size, image_size=image_size, num_classes=num_classes,
                                device=device, memory_format=memory_format, rank=rank, world_size=world_size, seed=seed,
                                batches_per_epoch=synthetic_batches_per_epoch)
 
@@ -99,13 +107,14 @@ def create_loader(backend: str, root: str | os.PathLike | None = None, *, train:
     if not backend.startswith("dali"):
         preprocess = (TrainAugment(image_size, interpolation, augmentation) if train
                       else EvalPreprocess(image_size, crop_pct, interpolation))
-    folder = ImageFolder(resolve_split(root, train))
+    folder = ImageFolder(resolve_split(root, train), classes)
     if num_classes is not None and num_classes != len(folder.class_names):
-        raise UserError(f"'{folder.root}' has {len(folder.class_names)} class folders but num_classes is "
+        what = "classes" if classes is not None else "class folders"
+        raise UserError(f"'{folder.root}' has {len(folder.class_names)} {what} but num_classes is "
                         f"{num_classes}; leave num_classes out to take it from the dataset.")
     common = dict(train=train, batch_size=batch_size, workers=workers, device=device, memory_format=memory_format,
                   rank=rank, world_size=world_size, seed=seed, drop_last=train if drop_last is None else drop_last,
-                  prefetch=prefetch)
+                  prefetch=prefetch, exif_orientation=exif_orientation)
     if backend.startswith("dali"):
         if augmentation is not None:
             raise UserError(f"--augmentation {augmentation} runs in the pytorch and gpu backends, not in {backend} "

@@ -83,8 +83,9 @@ class FolderLoader(SkipRecorder):
 
     def __init__(self, folder: ImageFolder, *, train: bool, batch_size: int, preprocess: Callable, workers: int,
                  device: torch.device, memory_format: torch.memory_format, rank: int, world_size: int, seed: int,
-                 drop_last: bool, prefetch: int, max_pixels: int):
+                 drop_last: bool, prefetch: int, max_pixels: int, exif_orientation: bool = False):
         self.folder = folder
+        self.exif_orientation = exif_orientation
         self.train = train
         self.batch_size = batch_size
         self.preprocess = preprocess
@@ -92,6 +93,7 @@ class FolderLoader(SkipRecorder):
         self.memory_format = memory_format
         self.max_pixels = max_pixels
         self.class_names = list(folder.class_names)
+        self.class_to_idx = dict(folder.class_to_idx)
         self.dataset_size = len(folder)
         self.batch_sampler = ShardBatchSampler(len(folder), batch_size, train=train, drop_last=drop_last, seed=seed,
                                                rank=rank, world_size=world_size)

@@ -2,6 +2,10 @@
 
 Every file is fully decoded with Pillow and the decompression-bomb limit of training, in worker processes; the
 loaders try libjpeg-turbo first and fall back to Pillow, so what this calls unreadable is what they would skip.
+The images are those the loaders find (resnext.data.folder.walk_images: any depth below a class folder), and
+everything else below the dataset is listed as left out, with the reason. Images whose EXIF orientation tag says
+they are stored sideways or upside down are counted: predict and serve turn them upright, training and
+evaluation only with --exif-orientation.
 """
 from __future__ import annotations
 
@@ -10,10 +14,11 @@ import statistics
 from pathlib import Path
 
 import torch
+from PIL import ExifTags
 
 from ..preemption import ignore_stop_signals
 from .decode import UnreadableImageError, max_image_pixels, open_image
-from .folder import ImageFolder, find_dataset, is_dataset_root
+from .folder import HIDDEN, ImageFolder, find_dataset, is_dataset_root
 
 PER_CLASS_LISTED = 30  # the text report lists every class up to this many, else the smallest few
 
@@ -30,7 +35,8 @@ class _Inspect(torch.utils.data.Dataset):
         info = {"label": self.folder.label(index), "bytes": os.path.getsize(path) if os.path.exists(path) else 0}
         try:
             with open_image(path, self.max_pixels) as image:
-                info.update(format=image.format or "?", mode=image.mode, width=image.width, height=image.height)
+                info.update(format=image.format or "?", mode=image.mode, width=image.width, height=image.height,
+                            orientation=image.getexif().get(ExifTags.Base.Orientation, 1))
         except UnreadableImageError as err:
             info.update(path=path, error=err.reason)
         return info
@@ -50,7 +56,8 @@ def _count(values) -> dict[str, int]:
 
 
 def check_split(folder: ImageFolder, workers: int = 2) -> dict:
-    """Statistics of one split: per-class counts, unreadable files, formats, modes, sizes."""
+    """Statistics of one split: per-class counts, unreadable files, what was left out and why, formats, modes,
+    sizes, images with an EXIF orientation other than upright."""
     loader = torch.utils.data.DataLoader(_Inspect(folder, max_image_pixels()), batch_size=64, num_workers=workers,
                                          collate_fn=list, worker_init_fn=ignore_stop_signals)
     infos = [info for batch in loader for info in batch]
@@ -60,7 +67,8 @@ def check_split(folder: ImageFolder, workers: int = 2) -> dict:
         "images": len(infos),
         "classes": folder.class_counts(),
         "unreadable": [{"path": info["path"], "reason": info["error"]} for info in infos if "error" in info],
-        "not_images": [{"path": path, "reason": reason} for path, reason in folder.ignored],
+        "left_out": [{"path": path, "reason": reason} for path, reason in folder.left_out],
+        "exif_rotated": [folder.path(index) for index, info in enumerate(infos) if info.get("orientation", 1) != 1],
         "formats": _count(info["format"] for info in good),
         "modes": _count(info["mode"] for info in good),
         "width": _spread([info["width"] for info in good]),
@@ -74,7 +82,7 @@ def check_dataset(path: str | os.PathLike, workers: int = 2) -> dict:
     path = Path(path).expanduser()
     if is_dataset_root(path):
         _, _, class_names = find_dataset(path)
-        splits = {name: check_split(ImageFolder(path / name, class_names), workers) for name in ("train", "val")}
+        splits = {name: check_split(ImageFolder(path / name), workers) for name in ("train", "val")}
     else:
         folder = ImageFolder(path)
         splits = {path.name: check_split(folder, workers)}
@@ -101,7 +109,18 @@ def format_report(report: dict) -> str:
         shown = classes if len(classes) <= PER_CLASS_LISTED else classes[:5]
         label = "per class" if len(classes) <= PER_CLASS_LISTED else "smallest classes"
         lines.append(f"  {label}: " + ", ".join(f"{k} {v}" for k, v in sorted(shown)))
-        for kind in ("unreadable", "not_images"):
-            for item in split[kind]:
-                lines.append(f"  {kind.replace('_', ' ')}: {item['path']} ({item['reason']})")
+        for item in split["unreadable"]:
+            lines.append(f"  unreadable: {item['path']} ({item['reason']})")
+        hidden = [item for item in split["left_out"] if item["reason"] == HIDDEN]
+        for item in split["left_out"]:
+            if item["reason"] != HIDDEN:
+                lines.append(f"  left out: {item['path']} ({item['reason']})")
+        if hidden:
+            shown = ", ".join(item["path"] for item in hidden[:3]) + (" ..." if len(hidden) > 3 else "")
+            lines.append(f"  left out: {len(hidden)} hidden file(s) or folder(s), names starting with '.' ({shown})")
+        if split["exif_rotated"]:
+            shown = ", ".join(split["exif_rotated"][:3]) + (" ..." if len(split["exif_rotated"]) > 3 else "")
+            lines.append(f"  {len(split['exif_rotated'])} image(s) carry an EXIF orientation tag (stored sideways "
+                         f"or mirrored: {shown}); training and evaluation read them as stored unless "
+                         "--exif-orientation")
     return "\n".join(lines)

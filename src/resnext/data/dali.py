@@ -66,7 +66,7 @@ class DaliLoader(SkipRecorder):
     def __init__(self, folder: ImageFolder, *, decode_on_gpu: bool, train: bool, batch_size: int, image_size: int,
                  crop_pct: float, interpolation: str, workers: int, device: torch.device,
                  memory_format: torch.memory_format, rank: int, world_size: int, seed: int, drop_last: bool,
-                 prefetch: int, ops: str = "resnext"):
+                 prefetch: int, ops: str = "resnext", exif_orientation: bool = False):
         if ops not in ("nvidia", "resnext"):
             raise UserError(f"unknown DALI pipeline '{ops}'; choose nvidia or resnext.")
         self.ops = ops
@@ -79,6 +79,7 @@ class DaliLoader(SkipRecorder):
         self.decode_on_gpu, self.device, self.memory_format = decode_on_gpu, device, memory_format
         self.image_size, self.resize_shorter = image_size, resize_size(image_size, crop_pct)
         self.interpolation = interpolation
+        self.exif_orientation = exif_orientation
         self.threads, self.prefetch, self.seed, self.rank = max(1, workers), prefetch, seed, rank
         self.class_names = list(folder.class_names)
         self.dataset_size = len(folder)
@@ -105,6 +106,9 @@ class DaliLoader(SkipRecorder):
         decoder = "mixed" if self.decode_on_gpu else "cpu"
         # NVIDIA's paddings: the nvJPEG buffers are sized once for ImageNet instead of growing batch by batch.
         padding = {"device_memory_padding": 211025920, "host_memory_padding": 140544512} if self.decode_on_gpu else {}
+        # DALI turns images upright by their EXIF tag unless told otherwise; the other backends (and NVIDIA's and
+        # torchvision's loaders) do not, so the choice is explicit: the same pixels whatever the backend.
+        orientation = {"adjust_orientation": self.exif_orientation}
         layout = "HWC" if self.memory_format == torch.channels_last else "CHW"
         size = self.image_size
 
@@ -115,16 +119,17 @@ class DaliLoader(SkipRecorder):
                                            name="Reader")
             crop_window = None
             if self.ops == "nvidia":
-                images, mirror, crop_window = self._nvidia_ops(fn, types, jpegs, interp, decoder, padding, on_gpu)
+                images, mirror, crop_window = self._nvidia_ops(fn, types, jpegs, interp, decoder, padding, on_gpu,
+                                                                orientation)
             elif self.train:
                 images = fn.decoders.image_random_crop(jpegs, device=decoder, output_type=types.RGB,
                                                        random_aspect_ratio=[0.75, 4.0 / 3.0], random_area=[0.08, 1.0],
-                                                       num_attempts=100, **padding)
+                                                       num_attempts=100, **padding, **orientation)
                 images = fn.resize(images, resize_x=size, resize_y=size, interp_type=interp, antialias=True)
                 mirror = fn.random.coin_flip(probability=0.5)
             else:
-                images = fn.decoders.image(jpegs, device=decoder, output_type=types.RGB, **padding)
-                shape = fn.peek_image_shape(jpegs, dtype=types.INT32)
+                images = fn.decoders.image(jpegs, device=decoder, output_type=types.RGB, **padding, **orientation)
+                shape = fn.peek_image_shape(jpegs, dtype=types.INT32, **orientation)
                 images = self._eval_resize_crop(fn, types, images, shape, interp)
                 mirror = 0
             if on_gpu:
@@ -137,17 +142,20 @@ class DaliLoader(SkipRecorder):
 
         return pipeline()
 
-    def _nvidia_ops(self, fn, types, jpegs, interp, decoder, padding, on_gpu):
-        """NVIDIA's operators: decode, then random_resized_crop (train) or resize_shorter (eval), no antialiasing."""
+    def _nvidia_ops(self, fn, types, jpegs, interp, decoder, padding, on_gpu, orientation):
+        """NVIDIA's operators: decode, then random_resized_crop (train) or resize_shorter (eval), no antialiasing.
+
+        The EXIF orientation follows --exif-orientation like every backend (NVIDIA's pipeline leaves it to DALI's
+        default, which turns images upright in DALI releases that have the option)."""
         size = self.image_size
         if self.train:
-            images = fn.decoders.image(jpegs, device=decoder, output_type=types.RGB, **padding)
+            images = fn.decoders.image(jpegs, device=decoder, output_type=types.RGB, **padding, **orientation)
             images = fn.random_resized_crop(images, size=[size, size], interp_type=interp,
                                             random_aspect_ratio=[0.75, 4.0 / 3.0], random_area=[0.08, 1.0],
                                             num_attempts=100, antialias=False)
             return images, fn.random.coin_flip(probability=0.5), None
         # NVIDIA decodes validation images with nvJPEG ("mixed") for dali-cpu too; without a GPU, on the CPU.
-        images = fn.decoders.image(jpegs, device="mixed" if on_gpu else "cpu", output_type=types.RGB)
+        images = fn.decoders.image(jpegs, device="mixed" if on_gpu else "cpu", output_type=types.RGB, **orientation)
         images = fn.resize(images, resize_shorter=self.resize_shorter, interp_type=interp, antialias=False)
         return images, 0, (size, size)
 

@@ -7,6 +7,10 @@ Pillow cannot read it either.
 
 Training crops can also come from `decode_jpeg_scaled`: simplejpeg's libjpeg-turbo decode, in the DCT domain at
 1/2, 1/4 or 1/8 scale when the crop keeps enough pixels for the output (docs/data.md, "Scaled JPEG decoding").
+
+EXIF orientation: a phone stores a photo as the sensor saw it plus a tag saying how to turn it upright. With
+exif_orientation=True the decoders apply the tag (Pillow's ImageOps.exif_transpose semantics, on the tensor,
+so every decoder and device turns pixels the same way); off by default, as in torchvision's and NVIDIA's loaders.
 """
 from __future__ import annotations
 
@@ -17,7 +21,7 @@ from typing import BinaryIO, NamedTuple, Union
 
 import numpy as np
 import torch
-from PIL import Image, UnidentifiedImageError
+from PIL import ExifTags, Image, ImageOps, UnidentifiedImageError
 from torchvision.io import ImageReadMode, decode_jpeg
 
 from ..errors import UserError
@@ -32,6 +36,8 @@ except ImportError:  # pragma: no cover - a core dependency, absent only where t
 DEFAULT_MAX_IMAGE_PIXELS = 89_478_485
 
 ImageSource = Union[str, os.PathLike, BinaryIO]
+
+EMPTY_FILE = "the file is empty (0 bytes)"  # the one wording for an empty file, whoever finds it
 
 
 class UnreadableImageError(UserError):
@@ -70,6 +76,8 @@ def open_image(source: ImageSource, max_pixels: int | None = None) -> Image.Imag
     """Fully decode an image with Pillow, keeping its own mode (L, P, CMYK, RGBA, ...) and format."""
     path = _name(source)
     limit = max_pixels or max_image_pixels()
+    if isinstance(source, (str, os.PathLike)) and os.path.isfile(source) and os.path.getsize(source) == 0:
+        raise UnreadableImageError(path, EMPTY_FILE)
     image = None
     try:
         with warnings.catch_warnings():
@@ -106,9 +114,54 @@ def to_rgb(image: Image.Image) -> Image.Image:
     return image.convert("RGB")
 
 
-def load_image(source: ImageSource, max_pixels: int | None = None) -> Image.Image:
-    """Read an image file (path or binary stream) as an RGB PIL image; UnreadableImageError when it cannot be read."""
-    return to_rgb(open_image(source, max_pixels))
+def load_image(source: ImageSource, max_pixels: int | None = None, exif_orientation: bool = False) -> Image.Image:
+    """Read an image file (path or binary stream) as an RGB PIL image; UnreadableImageError when it cannot be read.
+
+    exif_orientation: turn it upright by its EXIF orientation tag (ImageOps.exif_transpose).
+    """
+    image = open_image(source, max_pixels)
+    if exif_orientation:
+        image = ImageOps.exif_transpose(image)
+    return to_rgb(image)
+
+
+def exif_orientation_of(data: bytes | bytearray | memoryview | np.ndarray) -> int:
+    """The EXIF orientation tag (1-8) of an encoded image's bytes; 1 (upright as stored) when it has none.
+
+    Reads only the header (Pillow's lazy open), for every format Pillow reads EXIF from (JPEG, PNG, WebP, TIFF).
+    """
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            with Image.open(io.BytesIO(data)) as image:
+                value = image.getexif().get(ExifTags.Base.Orientation, 1)
+    except Exception:  # no header Pillow knows, or a damaged EXIF block: the decoder has the last word
+        return 1
+    return value if isinstance(value, int) and 1 <= value <= 8 else 1
+
+
+def apply_exif_orientation(pixels: torch.Tensor, orientation: int) -> torch.Tensor:
+    """(..., H, W) pixels turned upright for an EXIF orientation tag (1-8), on whatever device they live.
+
+    The same operations as Pillow's ImageOps.exif_transpose (2 mirror, 3 rotate 180, 4 flip, 5 transpose,
+    6 rotate 90 clockwise, 7 transverse, 8 rotate 90 counter-clockwise); 1 and unknown values leave them as is.
+    """
+    h, w = pixels.dim() - 2, pixels.dim() - 1
+    if orientation == 2:
+        return pixels.flip(w)
+    if orientation == 3:
+        return pixels.flip(h, w)
+    if orientation == 4:
+        return pixels.flip(h)
+    if orientation == 5:
+        return pixels.transpose(h, w)
+    if orientation == 6:
+        return pixels.rot90(-1, (h, w))
+    if orientation == 7:
+        return pixels.transpose(h, w).flip(h, w)
+    if orientation == 8:
+        return pixels.rot90(1, (h, w))
+    return pixels
 
 
 class JpegHeader(NamedTuple):
@@ -170,12 +223,19 @@ def read_bytes(path: str) -> np.ndarray:
     except OSError as err:
         raise UnreadableImageError(path, err.strerror or _reason(err)) from None
     if data.size == 0:
-        raise UnreadableImageError(path, "the file is empty (0 bytes)")
+        raise UnreadableImageError(path, EMPTY_FILE)
     return data
 
 
-def decode_pixels(data: np.ndarray, path: str, max_pixels: int | None = None) -> torch.Tensor:
-    """Decode a file's bytes to an RGB uint8 tensor of shape (3, H, W) on the CPU."""
+def decode_pixels(data: np.ndarray, path: str, max_pixels: int | None = None,
+                  exif_orientation: bool = False) -> torch.Tensor:
+    """Decode a file's bytes to an RGB uint8 tensor of shape (3, H, W) on the CPU (upright by its EXIF tag
+    when exif_orientation)."""
+    pixels = _decode_pixels(data, path, max_pixels)
+    return apply_exif_orientation(pixels, exif_orientation_of(data)) if exif_orientation else pixels
+
+
+def _decode_pixels(data: np.ndarray, path: str, max_pixels: int | None) -> torch.Tensor:
     limit = max_pixels or max_image_pixels()
     if fast_jpeg_header(data, path, limit) is not None:
         try:
@@ -187,10 +247,12 @@ def decode_pixels(data: np.ndarray, path: str, max_pixels: int | None = None) ->
     return torch.from_numpy(np.array(load_image(stream, limit))).permute(2, 0, 1)  # (3, H, W) view of HWC memory
 
 
-def decode_file(path: str | os.PathLike, max_pixels: int | None = None) -> torch.Tensor:
-    """Read and decode an image file to an RGB uint8 tensor (3, H, W); UnreadableImageError when it cannot be read."""
+def decode_file(path: str | os.PathLike, max_pixels: int | None = None, exif_orientation: bool = False) -> torch.Tensor:
+    """Read and decode an image file to an RGB uint8 tensor (3, H, W); UnreadableImageError when it cannot be read.
+
+    exif_orientation: turn it upright by its EXIF orientation tag (apply_exif_orientation)."""
     path = os.fspath(path)
-    return decode_pixels(read_bytes(path), path, max_pixels)
+    return decode_pixels(read_bytes(path), path, max_pixels, exif_orientation)
 
 
 

@@ -1,9 +1,12 @@
 """Datasets on disk: layout validation, the file list of a split, and what happens to files that cannot be read.
 
 Layout (NVIDIA's, torchvision ImageFolder's): ROOT/train/<class>/<image> and ROOT/val/<class>/<image>, the same
-class folders in both. Class names are the folder names in sorted order, so label i is class_names[i] on
-every machine. Names starting with '.' (.DS_Store, ._file, .ipynb_checkpoints) are ignored; any other file
-without an image extension is reported as skipped.
+class folders in both. An image may sit at any depth below its class folder (<class>/batch1/x.jpg counts for
+<class>), as torchvision's ImageFolder finds it. By default class names are the folder names in sorted order,
+so label i is class_names[i] on every machine; weights that carry class names give each folder the label of its
+name instead (resnext.data.classes). `walk_images` is the one discovery rule of every command: names starting
+with '.' (.DS_Store, ._file, .ipynb_checkpoints) are left out, as are files without an image extension, and each
+command that reports (data check, the loaders' warnings) says what was left out and why.
 """
 from __future__ import annotations
 
@@ -11,11 +14,12 @@ import os
 import shutil
 import tempfile
 from pathlib import Path
-from typing import Callable, TypeVar
+from typing import Callable, Iterator, Sequence, TypeVar
 
 import numpy as np
 
 from ..errors import UserError
+from .classes import ClassLabels
 from .decode import UnreadableImageError
 
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".ppm", ".pgm", ".pbm", ".bmp", ".tif", ".tiff", ".webp")
@@ -36,6 +40,64 @@ def _list(names: list[str], limit: int = 5) -> str:
     return shown + (f" and {len(names) - limit} more" if len(names) > limit else "")
 
 
+# Why a file or folder below a split is not used (data check lists them; loaders warn about all but hidden ones).
+HIDDEN = "hidden: its name starts with '.'"
+NOT_AN_IMAGE = "not an image file extension"
+OUTSIDE_CLASS_FOLDER = "not inside a class folder"
+SEEN_BEFORE = "a folder already walked, reached again through a symbolic link"
+
+
+def _walk(top: str, left_out: list[tuple[str, str]]) -> Iterator[tuple[str, list[str]]]:
+    """(folder, file names) of `top` and every folder below it, symbolic links followed, hidden folders and
+    folders reached a second time (a link loop) left out and recorded in `left_out`."""
+    seen = {os.path.realpath(top)}
+
+    def failed(err: OSError) -> None:
+        left_out.append((err.filename or top, f"cannot list the folder ({err.strerror or err})"))
+
+    for root, dirs, files in os.walk(top, onerror=failed, followlinks=True):
+        kept = []
+        for name in dirs:
+            path = os.path.join(root, name)
+            real = os.path.realpath(path)
+            if name.startswith("."):
+                left_out.append((path, HIDDEN))
+            elif real in seen:
+                left_out.append((path, SEEN_BEFORE))
+            else:
+                seen.add(real)
+                kept.append(name)
+        dirs[:] = kept
+        yield root, files
+
+
+def walk_images(folder: str | os.PathLike) -> tuple[list[str], list[tuple[str, str]]]:
+    """The image files at any depth below `folder`, as paths relative to it, and the (path, reason) of the rest.
+
+    The one discovery rule of every command (loaders, data check, predict on folders). It matches torchvision's
+    ImageFolder (`make_dataset`): symbolic links to files and folders are followed, and the order is folders
+    sorted by path, then files sorted by name. Unlike ImageFolder, hidden names (starting with '.') are left
+    out with everything below them, and a folder reached again through a link is walked once (a link loop would
+    otherwise never end). Left out, with the reason: hidden files and folders (HIDDEN), files without an image
+    extension (NOT_AN_IMAGE), folders already walked (SEEN_BEFORE), folders that cannot be listed.
+    """
+    top = os.fspath(folder)
+    left_out: list[tuple[str, str]] = []
+    walked = sorted(_walk(top, left_out))  # by folder path, as sorted(os.walk(...)) in torchvision
+    images = []
+    for root, files in walked:
+        relative = os.path.relpath(root, top)  # per folder, not per file: cheap
+        relative = "" if relative == "." else relative
+        for name in sorted(files):
+            if name.startswith("."):
+                left_out.append((os.path.join(root, name), HIDDEN))
+            elif is_image_file(name):
+                images.append(os.path.join(relative, name) if relative else name)
+            else:
+                left_out.append((os.path.join(root, name), NOT_AN_IMAGE))
+    return images, left_out
+
+
 def find_classes(split_dir: Path) -> list[str]:
     """Sorted class folder names of a split; UserError when there are none."""
     entries = sorted(os.scandir(split_dir), key=lambda e: e.name)
@@ -49,8 +111,10 @@ def find_classes(split_dir: Path) -> list[str]:
 
 
 def _has_image(class_dir: Path) -> bool:
-    with os.scandir(class_dir) as entries:
-        return any(is_image_file(e.name) and not e.name.startswith(".") for e in entries)
+    for _, files in _walk(os.fspath(class_dir), []):
+        if any(is_image_file(name) and not name.startswith(".") for name in files):
+            return True
+    return False
 
 
 def _check_split(split_dir: Path) -> list[str]:
@@ -58,8 +122,8 @@ def _check_split(split_dir: Path) -> list[str]:
     empty = [name for name in classes if not _has_image(split_dir / name)]
     if empty:
         raise UserError(f"class folder{'s' if len(empty) > 1 else ''} {_list(empty)} in '{split_dir}' "
-                        f"{'have' if len(empty) > 1 else 'has'} no images ({', '.join(IMAGE_EXTENSIONS)}); "
-                        "add images or remove the folder from train/ and val/.")
+                        f"{'have' if len(empty) > 1 else 'has'} no images ({', '.join(IMAGE_EXTENSIONS)}) at any "
+                        "depth; add images or remove the folder from train/ and val/.")
     return classes
 
 
@@ -114,34 +178,54 @@ def resolve_split(root: str | os.PathLike, train: bool) -> Path:
 
 
 class ImageFolder:
-    """The images of one split: sorted class folders, sorted files, labels; other files listed in `ignored`.
+    """The images of one split: class folders in sorted order, their images (walk_images), and labels.
 
+    classes: the label of each class folder (resnext.data.classes.ClassLabels, e.g. from match_classes), or a
+    list of class names numbered from 0; default: the split's class folders in sorted order. Every class folder
+    of the split must have a label; labels of classes without a folder simply do not occur (a subset).
     Paths are stored as one numpy bytes array (relative to the split folder) rather than a list of Python
     strings: DataLoader workers then share it with the parent without copy-on-write growth.
+    `left_out` lists (path, reason) of everything below the split that is not used, `ignored` the same without
+    hidden names (what the loaders warn about).
     """
 
-    def __init__(self, root: str | os.PathLike, class_names: list[str] | None = None):
+    def __init__(self, root: str | os.PathLike, classes: ClassLabels | Sequence[str] | None = None):
         self.root = Path(root).expanduser()
         _require_folder(self.root, "data folder")
-        self.class_names = class_names if class_names is not None else _check_split(self.root)
+        folders = _check_split(self.root)
+        if classes is None:
+            classes = ClassLabels.from_folders(folders)
+        elif not isinstance(classes, ClassLabels):
+            classes = ClassLabels.from_folders(list(classes))
+        unlabelled = [name for name in folders if name not in classes.class_to_idx]
+        if unlabelled:
+            raise UserError(f"class folder{'s' if len(unlabelled) > 1 else ''} {_list(unlabelled)} of '{self.root}' "
+                            f"{'have' if len(unlabelled) > 1 else 'has'} no label among the classes "
+                            f"{_list(list(classes.class_names))}; train/ and val/ must hold the same classes.")
+        self.class_names = list(classes.class_names)  # label i is class_names[i]
+        self.class_to_idx = {name: classes.class_to_idx[name] for name in folders}
+        self.left_out: list[tuple[str, str]] = []
+        for entry in sorted(os.scandir(self.root), key=lambda e: e.name):
+            if entry.name.startswith("."):
+                self.left_out.append((entry.path, HIDDEN))
+            elif not entry.is_dir():
+                self.left_out.append((entry.path, OUTSIDE_CLASS_FOLDER))
         paths: list[bytes] = []
         labels: list[int] = []
-        self.ignored: list[tuple[str, str]] = []  # (path, reason): files that are not images at all
-        for label, name in enumerate(self.class_names):
-            class_dir = self.root / name
-            if not class_dir.is_dir():
-                raise UserError(f"'{self.root}' has no class folder '{name}'; train/ and val/ must hold the same "
-                                "classes.")
-            for entry in sorted(os.scandir(class_dir), key=lambda e: e.name):
-                if entry.name.startswith(".") or entry.is_dir():
-                    continue
-                if is_image_file(entry.name):
-                    paths.append(os.fsencode(os.path.join(name, entry.name)))
-                    labels.append(label)
-                else:
-                    self.ignored.append((entry.path, "not an image file extension"))
+        self._counts: dict[str, int] = {}
+        for name in folders:  # sorted, as torchvision's make_dataset, whatever the labels
+            images, left_out = walk_images(self.root / name)
+            self._counts[name] = len(images)
+            paths += [os.fsencode(os.path.join(name, image)) for image in images]
+            labels += [self.class_to_idx[name]] * len(images)
+            self.left_out += left_out
         self._paths = np.array(paths, dtype=np.bytes_)
         self.labels = np.array(labels, dtype=np.int64)
+
+    @property
+    def ignored(self) -> list[tuple[str, str]]:
+        """(path, reason) of the files and folders left out, hidden names excepted."""
+        return [(path, reason) for path, reason in self.left_out if reason != HIDDEN]
 
     def __len__(self) -> int:
         return len(self.labels)
@@ -153,8 +237,8 @@ class ImageFolder:
         return int(self.labels[index])
 
     def class_counts(self) -> dict[str, int]:
-        counts = np.bincount(self.labels, minlength=len(self.class_names))
-        return {name: int(n) for name, n in zip(self.class_names, counts)}
+        """Images per class folder, in sorted folder order."""
+        return dict(self._counts)
 
 
 def read_sample(folder: ImageFolder, index: int, read: Callable[[str], T], skips: list[tuple[str, str]],

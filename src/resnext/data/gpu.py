@@ -21,7 +21,8 @@ from torchvision.io import ImageReadMode, decode_jpeg
 from torchvision.transforms import InterpolationMode
 
 from .base import Batch, FolderLoader
-from .decode import decode_file, decode_pixels, fast_jpeg_header, read_bytes
+from .decode import (apply_exif_orientation, decode_file, decode_pixels, exif_orientation_of, fast_jpeg_header,
+                     read_bytes)
 from .folder import read_sample
 from .transforms import EvalPreprocess, TrainAugment, interpolation_mode, normalize_batch, resize_size
 
@@ -186,6 +187,7 @@ def preprocess_batch(preprocess: TrainAugment | EvalPreprocess, images: Sequence
 class EncodedSample(NamedTuple):
     payload: Tensor | None  # JPEG bytes (1-D uint8) when `encoded`, else decoded pixels (3, H, W) uint8
     encoded: bool
+    orientation: int  # EXIF orientation (1-8) still to apply after decoding the bytes on the device; 1: none
     index: int  # the dataset index actually read (a replacement's in training)
     label: int
     seed: int
@@ -197,6 +199,7 @@ class EncodedBatch(NamedTuple):
     jpeg_offsets: list[int]  # payload k is jpeg_bytes[jpeg_offsets[k]:jpeg_offsets[k + 1]]
     pixels: list[Tensor]  # the payloads decoded on the CPU
     encoded: list[bool]  # per kept sample: which of the two lists it is in
+    orientations: list[int]
     indices: list[int]
     seeds: list[int]
     labels: Tensor  # int64 (N,)
@@ -205,25 +208,28 @@ class EncodedBatch(NamedTuple):
 
 
 class EncodedSamples(torch.utils.data.Dataset):
-    def __init__(self, folder, train: bool, max_pixels: int):
+    def __init__(self, folder, train: bool, max_pixels: int, exif_orientation: bool = False):
         self.folder, self.train, self.max_pixels = folder, train, max_pixels
+        self.exif_orientation = exif_orientation
 
     def __len__(self) -> int:
         return len(self.folder)
 
-    def _read(self, path: str) -> tuple[Tensor, bool]:
+    def _read(self, path: str) -> tuple[Tensor, bool, int]:
         data = read_bytes(path)
         if fast_jpeg_header(data, path, self.max_pixels) is not None:
-            return torch.from_numpy(data), True
-        return decode_pixels(data, path, self.max_pixels), False
+            # nvJPEG ignores EXIF orientation (torchvision's apply_exif_orientation is CPU-only): the worker reads
+            # the tag from the header and the device turns the decoded pixels.
+            return torch.from_numpy(data), True, exif_orientation_of(data) if self.exif_orientation else 1
+        return decode_pixels(data, path, self.max_pixels, self.exif_orientation), False, 1
 
     def __getitem__(self, key: tuple[int, int]) -> EncodedSample:
         index, sample_seed = key
         skips: list[tuple[str, str]] = []
         index, read = read_sample(self.folder, index, self._read, skips, replace=self.train)
         if read is None:
-            return EncodedSample(None, False, index, -1, sample_seed, skips)
-        return EncodedSample(read[0], read[1], index, self.folder.label(index), sample_seed, skips)
+            return EncodedSample(None, False, 1, index, -1, sample_seed, skips)
+        return EncodedSample(read[0], read[1], read[2], index, self.folder.label(index), sample_seed, skips)
 
 
 def collate_encoded(samples: list[EncodedSample]) -> EncodedBatch:
@@ -235,7 +241,7 @@ def collate_encoded(samples: list[EncodedSample]) -> EncodedBatch:
     # One tensor for all the bytes: one shared-memory transfer per batch instead of one per file.
     jpeg_bytes = torch.cat(jpegs) if jpegs else torch.empty(0, dtype=torch.uint8)
     return EncodedBatch(jpeg_bytes, offsets, [s.payload for s in kept if not s.encoded], [s.encoded for s in kept],
-                        [s.index for s in kept], [s.seed for s in kept],
+                        [s.orientation for s in kept], [s.index for s in kept], [s.seed for s in kept],
                         torch.tensor([s.label for s in kept], dtype=torch.int64),
                         [skip for s in samples for skip in s.skips], len(samples) - len(kept))
 
@@ -249,7 +255,7 @@ class GpuLoader(FolderLoader):
         super().__init__(folder, **options)
 
     def _make_dataset(self):
-        return EncodedSamples(self.folder, self.train, self.max_pixels)
+        return EncodedSamples(self.folder, self.train, self.max_pixels, self.exif_orientation)
 
     collate = staticmethod(collate_encoded)
 
@@ -279,11 +285,15 @@ class GpuLoader(FolderLoader):
                                          for k in range(len(offsets) - 1)]))
         pixels = iter(batch.pixels)
         images, labels, seeds, skips = [], [], [], []
-        for encoded, index, label, seed in zip(batch.encoded, batch.indices, batch.labels.tolist(), batch.seeds):
+        for encoded, orientation, index, label, seed in zip(batch.encoded, batch.orientations, batch.indices,
+                                                            batch.labels.tolist(), batch.seeds):
             image = next(jpegs) if encoded else next(pixels).to(self.device, non_blocking=True)
-            if image is None:  # the device decoder refused it: the CPU decoders decide, as in the pytorch backend
-                index, image = read_sample(self.folder, index, lambda path: decode_file(path, self.max_pixels), skips,
-                                           replace=self.train)
+            if image is not None:
+                image = apply_exif_orientation(image, orientation)
+            else:  # the device decoder refused it: the CPU decoders decide, as in the pytorch backend
+                index, image = read_sample(
+                    self.folder, index, lambda path: decode_file(path, self.max_pixels, self.exif_orientation), skips,
+                    replace=self.train)
                 self.record_skips(skips)
                 if image is None:
                     if self.train:

@@ -14,7 +14,7 @@ import torch
 from torch import Tensor
 
 from .base import Batch, FolderLoader, shared_empty
-from .decode import decode_file, decode_pixels, fast_jpeg_header, read_bytes
+from .decode import decode_file, decode_pixels, exif_orientation_of, fast_jpeg_header, read_bytes
 from .folder import read_sample
 from .transforms import normalize_batch
 
@@ -36,27 +36,31 @@ class DecodedSamples(torch.utils.data.Dataset):
     """What a worker does with one (dataset index, sample seed) key: read, decode, preprocess.
 
     scaled_decode: training JPEGs go through preprocess.from_jpeg (crop box from the header, DCT-scaled decode);
-    other files, and JPEGs that path refuses, are decoded in full as before.
+    other files, JPEGs that path refuses, and (with exif_orientation) photos whose EXIF tag turns them, are decoded
+    in full as before.
+    exif_orientation: turn each image upright by its EXIF orientation tag before it is cropped.
     """
 
-    def __init__(self, folder, preprocess, train: bool, max_pixels: int, scaled_decode: bool = False):
+    def __init__(self, folder, preprocess, train: bool, max_pixels: int, scaled_decode: bool = False,
+                 exif_orientation: bool = False):
         self.folder, self.preprocess, self.train, self.max_pixels = folder, preprocess, train, max_pixels
-        self.scaled_decode = scaled_decode
+        self.scaled_decode, self.exif_orientation = scaled_decode, exif_orientation
 
     def __len__(self) -> int:
         return len(self.folder)
 
     def _load(self, path: str, sample_seed: int) -> Tensor:
         if not self.scaled_decode:
-            return self.preprocess(decode_file(path, self.max_pixels), sample_seed)
+            return self.preprocess(decode_file(path, self.max_pixels, self.exif_orientation), sample_seed)
         data = read_bytes(path)
         header = fast_jpeg_header(data, path, self.max_pixels)
-        if header is not None:
+        # The scaled path draws its crop box on the stored pixels: a photo its EXIF tag turns is decoded whole.
+        if header is not None and not (self.exif_orientation and exif_orientation_of(data) != 1):
             try:
                 return self.preprocess.from_jpeg(data, header, sample_seed)
             except ValueError:
                 pass  # the full decode and its Pillow fallback decide
-        return self.preprocess(decode_pixels(data, path, self.max_pixels), sample_seed)
+        return self.preprocess(decode_pixels(data, path, self.max_pixels, self.exif_orientation), sample_seed)
 
     def __getitem__(self, key: tuple[int, int]) -> Sample:
         index, sample_seed = key
@@ -89,7 +93,7 @@ class PytorchLoader(FolderLoader):
 
     def _make_dataset(self):
         return DecodedSamples(self.folder, self.preprocess, self.train, self.max_pixels,
-                              scaled_decode=self.scaled_decode and self.train)
+                              scaled_decode=self.scaled_decode and self.train, exif_orientation=self.exif_orientation)
 
     collate = staticmethod(collate_uint8)
 

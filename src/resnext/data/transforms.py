@@ -18,7 +18,7 @@ import random
 import numpy as np
 import torch
 import torchvision.transforms.v2.functional as F
-from PIL import Image
+from PIL import Image, ImageOps
 from torch import Tensor
 from torchvision.transforms import InterpolationMode
 
@@ -193,18 +193,27 @@ def normalize_batch(images: Tensor, memory_format: torch.memory_format = torch.c
 
 
 class _EvalTransform:
-    def __init__(self, image_size: int, crop_pct: float, interpolation: str):
+    def __init__(self, image_size: int, crop_pct: float, interpolation: str, exif_orientation: bool):
         self.preprocess = EvalPreprocess(image_size, crop_pct, interpolation)
+        self.exif_orientation = exif_orientation
 
     def __call__(self, image: Image.Image) -> Tensor:
+        if self.exif_orientation:
+            image = ImageOps.exif_transpose(image)
         pixels = F.pil_to_tensor(to_rgb(image))
         return normalize_batch(self.preprocess(pixels).unsqueeze(0))[0]
 
     def __repr__(self) -> str:
         p = self.preprocess
-        return f"eval_transform(image_size={p.image_size}, crop_pct={p.crop_pct}, interpolation='{p.interpolation}')"
+        return (f"eval_transform(image_size={p.image_size}, crop_pct={p.crop_pct}, interpolation='{p.interpolation}', "
+                f"exif_orientation={self.exif_orientation})")
 
 
-def eval_transform(image_size: int = 224, crop_pct: float = 0.875, interpolation: str = "bilinear"):
-    """A callable PIL image -> normalized float (3, image_size, image_size) tensor: exactly the loaders' eval path."""
-    return _EvalTransform(image_size, crop_pct, interpolation)
+def eval_transform(image_size: int = 224, crop_pct: float = 0.875, interpolation: str = "bilinear",
+                   exif_orientation: bool = False):
+    """A callable PIL image -> normalized float (3, image_size, image_size) tensor: exactly the loaders' eval path.
+
+    exif_orientation: turn the image upright by its EXIF tag first (the loaders' --exif-orientation; off by
+    default, as the loaders). For people's photos use resnext.Preprocessing, which applies it by default.
+    """
+    return _EvalTransform(image_size, crop_pct, interpolation, exif_orientation)

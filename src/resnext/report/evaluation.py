@@ -87,6 +87,18 @@ def check_evaluation(evaluation: dict, source: str = "evaluation results") -> Ev
     return result
 
 
+def write_evaluation(evaluation: dict, path: str | Path) -> Path:
+    """Write the evaluation dict (resnext.inference.evaluate_weights) as JSON, atomically; returns the path.
+
+    Named EVALUATION_NAME in a training workspace, `resnext report` shows it with the run (`resnext evaluate
+    --output-json` and `resnext demo` write it this way).
+    """
+    from ..checkpoint import atomic_write
+
+    text = json.dumps(evaluation, indent=1)
+    return atomic_write(Path(path), lambda handle: handle.write(text.encode("utf-8")))
+
+
 def read_evaluation(path: Path) -> Evaluation:
     """Read and check an evaluation JSON file; a UserError names the file when it is unreadable or wrong."""
     try:

@@ -1,9 +1,11 @@
 """The report's figures, drawn with matplotlib's object API on the Agg canvas (no pyplot, no global backend).
 
 Every figure has a fixed size in pixels (FIGURE_SIZE, CONFUSION_SIZE) whatever the user's matplotlibrc says,
-so pages look alike and tests can check the PNG header. The x axis of every training figure is in epochs:
-the end of epoch e (0-based) is at e + 1 and a per-iteration point at e + step / iterations_per_epoch.
-Several runs share the axes, one colour per run.
+so pages look alike and tests can check the PNG header. The x axis of every training figure is in epochs, counted
+as the console counts them: epoch n (from 1) ends at x = n (the log's 0-based epoch e at e + 1), and a
+per-iteration point of that epoch lies at e + step / iterations_per_epoch. Several runs share the axes, one colour
+per run. A loss axis whose values span more than LOG_SCALE_SPAN (a diverging first epoch next to a converged
+run) is logarithmic, so the later epochs do not flatten into a line.
 """
 from __future__ import annotations
 
@@ -14,7 +16,7 @@ from dataclasses import dataclass
 
 from ..errors import UserError
 from .evaluation import Evaluation
-from .log import RunLog
+from .log import RunLog, number
 
 DPI = 100
 FIGURE_SIZE = (960, 540)  # pixels, every figure except the confusion matrix
@@ -22,6 +24,7 @@ CONFUSION_SIZE = (900, 900)
 MAX_CONFUSION_CLASSES = 50  # past this a confusion matrix is unreadable: the page lists the worst classes instead
 _BAR_CLASSES = 50  # up to this many classes get one labelled bar each; more get a sorted curve
 _SMOOTHING_FRACTION = 0.02  # the smoothed loss averages over about 2% of the points shown
+LOG_SCALE_SPAN = 10.0  # a loss axis whose largest value is over 10x its smallest becomes logarithmic
 
 
 @dataclass
@@ -126,6 +129,22 @@ def _finish(axes, runs, ylabel: str) -> None:
         axes[0].set_ylabel(ylabel)
 
 
+def _loss_axis(ax, values: list[float]) -> str:
+    """A logarithmic y axis, with plain-number ticks at 1, 2 and 5 per decade, when the losses span more than
+    LOG_SCALE_SPAN; returns the axis label ("loss" or "loss (log scale)")."""
+    positive = [value for value in values if math.isfinite(value) and value > 0]
+    if not positive or max(positive) <= LOG_SCALE_SPAN * min(positive):
+        return "loss"
+    from matplotlib.ticker import LogLocator
+
+    ax.set_yscale("log")
+    ax.yaxis.set_major_locator(LogLocator(base=10, subs=(1.0, 2.0, 5.0)))
+    ax.yaxis.set_minor_locator(LogLocator(base=10, subs=tuple(range(2, 10))))
+    ax.yaxis.set_major_formatter(lambda value, _: f"{value:g}")
+    ax.yaxis.set_minor_formatter(lambda value, _: "")
+    return "loss (log scale)"
+
+
 def _plot(ax, xs, ys, **style) -> None:
     """Plot a series unless it is empty (a run without that metric gets no legend entry)."""
     if xs:
@@ -143,20 +162,23 @@ def _train_loss(new_figure, runs):
         return None
     figure, axes = new_figure()
     ax = axes[0]
+    shown: list[float] = []
     for index, (label, run) in enumerate(runs):
         color = f"C{index}"
         xs, ys = run.iteration_series("train.loss")
+        shown += ys
         if len(xs) * _SMOOTHING_FRACTION > 1:
             ax.plot(xs, ys, color=color, alpha=0.3, linewidth=0.8, label=_label(runs, label, "per iteration"))
             ax.plot(xs, smooth(ys), color=color, linewidth=1.8, label=_label(runs, label, "smoothed"))
         else:  # too few points to smooth: the raw curve is the curve
             _plot(ax, xs, ys, color=color, linewidth=1.5, label=_label(runs, label, "per iteration"))
         xs, ys = run.epoch_series("train.loss")
+        shown += ys
         if xs:
             ax.plot(xs, ys, color=color, linestyle="none", marker="o", markerfacecolor="white",
                     label=_label(runs, label, "epoch mean"))
     ax.set_title("Training loss")
-    _finish(axes, runs, "loss")
+    _finish(axes, runs, _loss_axis(ax, shown))
     return figure
 
 
@@ -165,6 +187,7 @@ def _val_accuracy(new_figure, runs):
         return None
     figure, axes = new_figure(columns=2)
     for ax, top in zip(axes, ("top1", "top5")):
+        name = "top-1" if top == "top1" else "top-5"
         for index, (label, run) in enumerate(runs):
             color = f"C{index}"
             xs, ys = run.epoch_series(f"val.{top}")
@@ -173,9 +196,14 @@ def _val_accuracy(new_figure, runs):
                   label=_label(runs, label, "EMA"))
             best = run.best_epoch(f"val.{top}")
             if best is not None:
-                ax.plot(best + 1, run.epochs[best][f"val.{top}"], color=color, marker="*", markersize=14,
-                        linestyle="none", label=_label(runs, label, "best"))
-        name = "top-1" if top == "top1" else "top-5"
+                value = number(run.epochs[best][f"val.{top}"])
+                ax.plot(best + 1, value, color=color, marker="*", markersize=14, linestyle="none",
+                        label=_label(runs, label, f"best {name}: {value:.2f} at epoch {best + 1}"))
+            best_top1 = run.best_epoch("val.top1")
+            if top == "top5" and best_top1 is not None:
+                # Where the summary's "top-5 at the best top-1 epoch" is read off.
+                ax.axvline(best_top1 + 1, color=color, linestyle=":", linewidth=1.2, alpha=0.8,
+                           label=_label(runs, label, f"best top-1 epoch ({best_top1 + 1})"))
         ax.set_title(f"Validation {name}")
         ax.set_ylabel(f"{name} accuracy (%)")
     _finish(axes, runs, "")
@@ -186,13 +214,15 @@ def _val_loss(new_figure, runs):
     if not any(run.epoch_series("val.loss")[0] for _, run in runs):
         return None
     figure, axes = new_figure()
+    shown: list[float] = []
     for index, (label, run) in enumerate(runs):
-        _plot(axes[0], *run.epoch_series("val.loss"), color=f"C{index}", marker="o", markersize=4,
-              label=_label(runs, label, "model"))
-        _plot(axes[0], *run.epoch_series("val_ema.loss"), color=f"C{index}", linestyle=":", marker="s",
-              markersize=4, label=_label(runs, label, "EMA"))
+        for metric, style in (("val.loss", dict(marker="o", label=_label(runs, label, "model"))),
+                              ("val_ema.loss", dict(linestyle=":", marker="s", label=_label(runs, label, "EMA")))):
+            xs, ys = run.epoch_series(metric)
+            shown += ys
+            _plot(axes[0], xs, ys, color=f"C{index}", markersize=4, **style)
     axes[0].set_title("Validation loss")
-    _finish(axes, runs, "loss")
+    _finish(axes, runs, _loss_axis(axes[0], shown))
     return figure
 
 

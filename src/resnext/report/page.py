@@ -2,7 +2,9 @@
 
 The page embeds its PNGs (base64), so it can be mailed as one file; the same PNGs are written beside it.
 Every string that comes from a log or an evaluation file is untrusted and goes through html.escape.
-Each summary cell carries the exact logged value in `data-value`; the text shown is that value formatted.
+Each summary cell carries the exact logged value in `data-value`; the text shown is that value formatted. Epochs
+are shown as the console counts them, from 1 (the log's epoch e is "epoch e + 1"), while `data-value` and
+run_summary keep the log's 0-based number.
 """
 from __future__ import annotations
 
@@ -33,11 +35,14 @@ def run_summary(run: RunLog) -> dict:
     Values of the end-of-run entry win when it exists (best.top1, best.epoch, best.top5 and train.total_ips);
     before the run ends they come from the epoch entries: the best is the epoch with the highest val.top1 (the
     earliest on a tie), throughputs and times are means over the epochs (over the logged iterations while no
-    epoch has finished). Epoch numbers are 0-based, as logged. The wall time adds up all sessions of a resumed
-    run (each session's largest elapsedtime), including the work a resume redid.
+    epoch has finished). "best.top5" is the top-5 of that best top-1 epoch (what the end-of-run entry logs);
+    "best_top5.top5" / "best_top5.epoch" are the highest top-5 and its epoch, which the top-5 figure marks.
+    Epoch numbers are 0-based, as logged (the page shows them + 1, as the console). The wall time adds up all
+    sessions of a resumed run (each session's largest elapsedtime), including the work a resume redid.
     """
     final, parameters = run.summary, run.parameters
     best = run.best_epoch("val.top1")
+    best_top5 = run.best_epoch("val.top5")
     best_ema = run.best_epoch("val_ema.top1")
     last_val = max((epoch for epoch, data in run.epochs.items() if number(data.get("val.top1")) is not None),
                    default=None)
@@ -59,7 +64,9 @@ def run_summary(run: RunLog) -> dict:
         "resumes": len(run.resume_points),
         "best.top1": _first(number(final.get("best.top1")), _at(run, best, "val.top1")),
         "best.epoch": best_epoch,
-        "best.top5": _first(number(final.get("best.top5")), _highest(run, "val.top5")),
+        "best.top5": _first(number(final.get("best.top5")), _at(run, best_epoch, "val.top5")),
+        "best_top5.top5": _at(run, best_top5, "val.top5"),
+        "best_top5.epoch": best_top5,
         "last.val.top1": _at(run, last_val, "val.top1"),
         "last.val.top5": _at(run, last_val, "val.top5"),
         "best_ema.top1": _at(run, best_ema, "val_ema.top1"),
@@ -84,11 +91,6 @@ def _first(*values):
 
 def _at(run: RunLog, epoch: int | None, metric: str) -> float | None:
     return None if epoch is None else number(run.epochs[epoch].get(metric))
-
-
-def _highest(run: RunLog, metric: str) -> float | None:
-    values = [v for v in (number(data.get(metric)) for data in run.epochs.values()) if v is not None]
-    return max(values) if values else None
 
 
 def _mean(run: RunLog, metric: str) -> float | None:
@@ -219,7 +221,7 @@ def _notes(runs: list[tuple[str, RunLog]]) -> list[tuple[str, str]]:
         if not any(number(data.get("val.top1")) is not None for data in run.epochs.values()):
             notes.append(("note", f"{label}: no validation yet."))
         for point in run.resume_points:
-            notes.append(("note", f"{label}: resumed at epoch {point.epoch} step {point.step_in_epoch}"
+            notes.append(("note", f"{label}: resumed at epoch {point.epoch + 1} step {point.step_in_epoch}"
                               + (f" from {point.checkpoint}" if point.checkpoint else "")
                               + "; the curves continue through it (dashed line)."))
         restarted = [session for session in run.sessions[1:] if session.resume is None and session.superseded]
@@ -269,6 +271,11 @@ def _share(value: float) -> str:
     return f"{value:.0%}"
 
 
+def _epoch(value: int) -> str:
+    """A logged (0-based) epoch as people and the console count it: the log's epoch 11 is the 12th."""
+    return str(value + 1)
+
+
 # key, label, formatter (None: shown as is)
 _SUMMARY_ROWS = [
     ("status", "Status", None),
@@ -282,12 +289,14 @@ _SUMMARY_ROWS = [
     ("progress", "Progress (epochs)", _fixed(2)),
     ("resumes", "Resumes", None),
     ("best.top1", "Best top-1 (%)", _fixed(2)),
-    ("best.epoch", "Best top-1 epoch (0-based)", None),
-    ("best.top5", "Best top-5 (%)", _fixed(2)),
+    ("best.epoch", "Best top-1: epoch (from 1)", _epoch),
+    ("best.top5", "Top-5 at the best top-1 epoch (%)", _fixed(2)),
+    ("best_top5.top5", "Best top-5 (%)", _fixed(2)),
+    ("best_top5.epoch", "Best top-5: epoch (from 1)", _epoch),
     ("last.val.top1", "Last top-1 (%)", _fixed(2)),
     ("last.val.top5", "Last top-5 (%)", _fixed(2)),
     ("best_ema.top1", "Best EMA top-1 (%)", _fixed(2)),
-    ("best_ema.epoch", "Best EMA top-1 epoch (0-based)", None),
+    ("best_ema.epoch", "Best EMA top-1: epoch (from 1)", _epoch),
     ("wall_time", "Wall time, all sessions (h:mm:ss)", _duration),
     ("train.total_ips", "Training img/s (total, mean)", _thousands),
     ("train.compute_ips", "Training img/s (compute only, mean)", _thousands),
