@@ -35,6 +35,7 @@ from .data.base import Batch, Loader
 from .device import configure_backends, make_grad_scaler, resolve_memory_format, resolve_precision, synchronize
 from .distributed import DistEnv
 from .ema import ModelEMA
+from .health import LossHealth
 from .errors import CheckpointNotSaved, TrainingDiverged, UserError
 from .evaluation import evaluate
 from .logger import RunLogger
@@ -74,37 +75,6 @@ class Session:
     steps: int = 0  # optimizer steps run (--run-steps counts them across epochs)
     epoch_throughputs: list = field(default_factory=list)  # train.total_ips of the epochs it finished
     last_metrics: dict = field(default_factory=dict)  # the newest validation results, logged names
-
-
-class LossHealth:
-    """Counts non-finite losses on the device (no sync per step) and reads them at log points."""
-
-    def __init__(self, device: torch.device, limit: int) -> None:
-        self.limit = limit
-        self.consecutive = torch.zeros((), dtype=torch.int64, device=device)
-        self.total = torch.zeros((), dtype=torch.int64, device=device)
-        self.last_bad_step = torch.full((), -1, dtype=torch.int64, device=device)
-        self.reported = 0
-
-    def observe(self, loss: torch.Tensor, step: int) -> None:
-        bad = ~torch.isfinite(loss)
-        self.consecutive = torch.where(bad, self.consecutive + 1, torch.zeros_like(self.consecutive))
-        self.total += bad
-        self.last_bad_step = torch.where(bad, torch.full_like(self.last_bad_step, step), self.last_bad_step)
-
-    def check(self, env: DistEnv) -> None:
-        """Warn about new non-finite losses; stop after too many in a row. Every rank decides from the counts of all
-        ranks, so no rank leaves while the others wait in a collective."""
-        counts = torch.stack([self.total, self.consecutive, self.last_bad_step])
-        total, consecutive, last = (int(v) for v in distributed.all_reduce_max(counts, env))
-        if total > self.reported:
-            notices.warning(f"warning: non-finite loss in {total - self.reported} step(s), the last at global step "
-                            f"{last}; those updates were skipped.")
-            self.reported = total
-        if consecutive >= self.limit:
-            raise TrainingDiverged(
-                f"training stopped: the loss was not finite for {consecutive} consecutive steps (last at global step "
-                f"{last}); the last good checkpoint is kept. Lower --lr, use --grad-clip, or --precision amp-bf16.")
 
 
 @dataclass(frozen=True)
