@@ -140,12 +140,12 @@ def summary_entry(run: list[dict]) -> dict | None:
 
 # ---- subprocesses -------------------------------------------------------------------------------------------
 
-def start(command: list, workdir: Path, name: str, faults: dict | None = None) -> subprocess.Popen:
-    """Start `command` with the fault wrapper's environment, output to WORKDIR/NAME.out and WORKDIR/NAME.err."""
+def start(command: list, workdir: Path, name: str, faults: dict | None = None, **env: str) -> subprocess.Popen:
+    """Start `command` with the fault wrapper's environment (plus `env`), output to WORKDIR/NAME.out and .err."""
     from faults import environment
 
     with open(workdir / f"{name}.out", "w") as stdout, open(workdir / f"{name}.err", "w") as stderr:
-        return subprocess.Popen(list(map(str, command)), stdout=stdout, stderr=stderr, env=environment(faults),
+        return subprocess.Popen(list(map(str, command)), stdout=stdout, stderr=stderr, env=environment(faults, **env),
                                 start_new_session=True)
 
 
