@@ -178,6 +178,8 @@ FAKE_SRUN = """
     open(os.path.join(os.environ["FAKE_SLURM"], "step.pid"), "w").write(str(os.getpid()))
     os.environ.update(SLURM_PROCID="0", SLURM_NODEID="0", SLURM_LOCALID="0", SLURM_STEP_ID="0")
     args = [a for a in sys.argv[1:] if not a.startswith("--kill-on-bad-exit")]
+    if os.environ.get("RESNEXT_FAULTS"):  # the test's fault wrapper (tests/faults.py) in place of resnext's CLI
+        args[args.index("resnext")] = "faults"
     os.execvp(args[0], args)
 """
 FAKE_SCANCEL = """
@@ -212,6 +214,14 @@ FAKE_SCONTROL = """
 """
 
 
+def with_faults(env: dict, faults: dict) -> dict:
+    """`env` for a job whose step runs tests/faults.py with `faults` in place of resnext's CLI (FAKE_SRUN swaps it)."""
+    from faults import VARIABLE, environment
+
+    wrapped = environment(faults)
+    return {**env, "PYTHONPATH": wrapped["PYTHONPATH"], VARIABLE: wrapped[VARIABLE]}
+
+
 def slurm_environment(tmp_path: Path, data: Path, workspace: Path) -> dict:
     """SLURM's variables for a one-node job, and srun / scancel / scontrol that act as SLURM's on this machine."""
     fake = tmp_path / "slurm"
@@ -238,10 +248,12 @@ def test_the_sbatch_script_saves_before_the_time_limit_and_requeues(tiny, tmp_pa
     workspace = tmp_path / "workspace"
     env = slurm_environment(tmp_path, data, workspace)
     script = [str(REPO / "scripts" / "slurm" / "train.sbatch"), *TRAIN_ARGS, "--checkpoint-interval", "0"]
+    # Steps of 0.5 s: the warning travels through bash's trap, scancel and torchrun in well under a second even on a
+    # loaded machine, so the stop lands on global step 2 to 4 of the first epoch's 5, never on its boundary.
     with open(tmp_path / "job.out", "w") as out:
-        job = subprocess.Popen(["bash", *script], stdout=out, stderr=subprocess.STDOUT, env=env,
-                               start_new_session=True)
-    wait_for_step(workspace, 0, 3, job)
+        job = subprocess.Popen(["bash", *script], stdout=out, stderr=subprocess.STDOUT, start_new_session=True,
+                               env=with_faults(env, {"step_delay": 0.5}))
+    wait_for_step(workspace, 0, 1, job)
     os.kill(job.pid, signal.SIGUSR1)  # to the batch shell only (B:)
     assert finish(job) == 0, (tmp_path / "job.out").read_text()[-3000:]
     output = (tmp_path / "job.out").read_text()

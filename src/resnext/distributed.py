@@ -81,6 +81,11 @@ def _connect_store(timeout_s: float) -> dist.Store:
     except (RuntimeError, ValueError, TimeoutError) as err:  # torch's DistNetworkError / DistStoreError are these
         raise JoinTimeout(f"cannot reach the rendezvous store at {where} within {timeout_s:g} s (--join-timeout): "
                           f"{first_line(err)}; check MASTER_ADDR / MASTER_PORT and that rank 0 was started.") from None
+    if isinstance(store, dist.PrefixStore):
+        # Older torch (2.4.1; until pytorch/pytorch#135957) puts torchrun's workers under
+        # "/worker/attempt_{TORCHELASTIC_RESTART_COUNT}", which a relaunched node (attempt 0) and a restarted
+        # survivor (1) do not share; join_round names the round instead.
+        store = store.underlying_store
     return store
 
 
@@ -128,8 +133,16 @@ def join_round(store: dist.Store, rank: int, world_size: int, timeout_s: float) 
         time.sleep(0.05)
 
 
+# torch < 2.8 frees a gloo process group (when the last holder, the DDP model, goes) without releasing the GIL while
+# it joins its worker threads, and a worker still dropping the last collective's tensors waits for the GIL: a hang at
+# exit in about one torchrun run in three with torch 2.4.1 (fixed by pytorch/pytorch#154976). Sleeping gives the
+# workers the GIL to finish first.
+_GLOO_WORKERS_SETTLE_S = 0.05
+
+
 def teardown(env: DistEnv) -> None:
     if env.distributed and dist.is_initialized():
+        time.sleep(_GLOO_WORKERS_SETTLE_S)
         dist.destroy_process_group()
 
 
