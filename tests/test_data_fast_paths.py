@@ -112,6 +112,16 @@ def write(path: Path, data: bytes) -> Path:
     return path
 
 
+def photo_dataset(root: Path, size: tuple[int, int], seed: int) -> Path:
+    """A two-class dataset of real photos as JPEGs of `size`: 16 training and 2 validation images."""
+    rng = np.random.default_rng(seed)
+    photos = _photos()
+    for split, count in (("train", 16), ("val", 2)):
+        for k in range(count):
+            write(root / split / f"c{k % 2}" / f"{k}.jpg", photo_jpeg(photos[k % 8], size, rng))
+    return root
+
+
 @needs_skimage  # the test photos ship inside scikit-image
 def test_files_the_scaled_path_cannot_take_fall_back_to_the_full_path(tmp_path, jpegs):
     """CMYK JPEGs, PNGs and JPEGs simplejpeg refuses go through today's decoders; broken files stay unreadable."""
@@ -182,11 +192,7 @@ def test_jpeg_decode_option_is_checked():
 @needs_skimage  # the test photos ship inside scikit-image
 def test_train_jpeg_decode_flag_reaches_the_training_loader(tmp_path):
     """--jpeg-decode full and scaled train on different pixels when crops are scaled, the same otherwise."""
-    rng = np.random.default_rng(3)
-    photos = _photos()
-    for split, count in (("train", 16), ("val", 2)):
-        for k in range(count):
-            write(tmp_path / "data" / split / f"c{k % 2}" / f"{k}.jpg", photo_jpeg(photos[k % 8], (320, 240), rng))
+    photo_dataset(tmp_path / "data", (320, 240), seed=3)
     weights = {}
     for decode in ("scaled", "full"):
         workspace = tmp_path / decode
@@ -284,11 +290,7 @@ def test_normalize_batch_gives_the_same_numbers_as_before():
 
 @needs_skimage  # the test photos ship inside scikit-image
 def test_data_benchmark_compares_with_the_torchvision_pipeline(tmp_path):
-    rng = np.random.default_rng(4)
-    photos = _photos()
-    for split, count in (("train", 16), ("val", 2)):
-        for k in range(count):
-            write(tmp_path / "data" / split / f"c{k % 2}" / f"{k}.jpg", photo_jpeg(photos[k % 8], (200, 150), rng))
+    photo_dataset(tmp_path / "data", (200, 150), seed=4)
     command = [sys.executable, "-m", "resnext", "benchmark", "--data-only", str(tmp_path / "data"), "--device",
                "cpu", "-j", "0", "-b", "4", "--image-size", "32", "--warmup", "1", "--steps", "4", "--window", "2",
                "--data-backend", "pytorch,pytorch-full,gpu-per-sample", "--compare", "torchvision"]
