@@ -126,3 +126,12 @@ def test_per_class_table_aligns_wide_characters():
     # letters take two columns each, a combining accent none).
     assert len({display_width(row) for row in rows}) == 1, rows
     assert display_width("手提包") == 6 and display_width("café") == 4 and display_width("cafe\u0301") == 4
+
+
+def test_a_missing_data_folder_is_refused_before_the_weights_are_read(tmp_path):
+    """The folder is checked first: a typo in it must not cost a weights download, nor hide behind a weights error."""
+    from resnext.errors import UserError
+    from resnext.inference import evaluate_weights
+
+    with pytest.raises(UserError, match="data folder .* does not exist"):
+        evaluate_weights(tmp_path / "no-such-folder", tmp_path / "no-such-weights.pt")

@@ -165,6 +165,7 @@ def evaluate_weights(data: str | Path, weights, *, use_ema: bool = False, arch: 
     from .report.figures import MAX_CONFUSION_CLASSES
     from .weights import load_model
 
+    split = resolve_split(data, train=False)  # a wrong folder is refused before weights are read (or downloaded)
     device = resolve_device(device)
     precision = resolve_precision(precision, device)
     layout = resolve_memory_format(memory_format, device)
@@ -174,7 +175,6 @@ def evaluate_weights(data: str | Path, weights, *, use_ema: bool = False, arch: 
     if (tuple(preprocessing.mean), tuple(preprocessing.std)) != (IMAGENET_MEAN, IMAGENET_STD):
         raise UserError(f"these weights expect mean {list(preprocessing.mean)} and std {list(preprocessing.std)}, but "
                         "the evaluation loaders normalize with ImageNet's; use resnext.predict for such weights.")
-    split = resolve_split(data, train=False)
     if class_map is not None and not isinstance(class_map, dict):
         class_map = read_class_map(class_map)
     classes = match_classes(find_classes(split), meta.class_names, meta.num_classes, class_map=class_map,
