@@ -5,7 +5,6 @@ import io
 from pathlib import Path
 
 import numpy as np
-import pytest
 from optional import needs_dali  # noqa: F401  (re-exported for the data tests)
 from PIL import Image
 

@@ -14,13 +14,12 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-import torch.nn.functional as F
 from optional import needs_dali, needs_yaml
 from PIL import Image, ImageEnhance, ImageOps
 
 import resnext
 from resnext.affinity import core_sets, parse_cpulist, set_gpu_affinity
-from resnext.checkpoint import read_checkpoint, read_resume_checkpoint, to_nvidia_checkpoint
+from resnext.checkpoint import read_resume_checkpoint, to_nvidia_checkpoint
 from resnext.cli import build_parser, main
 from resnext.cli.train import config_from_args
 from resnext.data.autoaugment import POLICIES, NvidiaAutoAugment, apply_op
@@ -266,7 +265,8 @@ def test_nvidia_checkpoint_resumes_and_exports_back(tmp_path):
     ema = ModelEMA(model, 0.9)
     optimizer = build_optimizer(config, model, 0.1, torch.device("cpu"))
     scaler = torch.amp.GradScaler("cpu", enabled=False)
-    progress = restore(state, model, ema, optimizer, scaler, config, DistEnv(), steps_per_epoch=5)
+    progress = restore(state, model, ema, optimizer, scaler, config, DistEnv(), steps_per_epoch=5,
+                       accumulation=config.accumulation_steps(1))
     assert (progress.epoch, progress.step_in_epoch, progress.global_step, progress.best_top1) == (2, 0, 10, 37.5)
     for name, value in model.state_dict().items():
         assert torch.equal(value, source.state_dict()[name]), name

@@ -104,11 +104,13 @@ def test_training_step_loss_is_label_smoothed_cross_entropy(tmp_path):
 
     from resnext.distributed import DistEnv
     from resnext.training import setup, train_step
+    from resnext.workspace import claim_workspace
 
     config = TrainConfig(data_backend="synthetic", arch="resnext_tiny", num_classes=3, image_size=32, batch_size=4,
                          synthetic_batches=1, epochs=1, label_smoothing=0.1, device="cpu", workspace=str(tmp_path),
                          tensorboard=False, progress=False)
-    run, _, _ = setup(config, DistEnv())
+    with claim_workspace(config, DistEnv()) as workspace:
+        run, _, _ = setup(config, DistEnv(), workspace)
     try:
         generator = torch.Generator().manual_seed(3)
         images = torch.randn(4, 3, 32, 32, generator=generator)

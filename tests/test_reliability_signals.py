@@ -163,7 +163,7 @@ def test_sigterm_to_the_torchrun_agent_stops_every_rank_after_the_same_step(embe
     err = (tmp_path / "signalled.err").read_text()
     assert err.count("SIGTERM received: finishing the current step") == 2, err[-3000:]  # both ranks
     assert "forcefully exiting via" not in err, "torchrun had to SIGKILL a worker"
-    stopped = assert_stopped_after_the_logged_step(workspace, err, launcher=True)
+    assert_stopped_after_the_logged_step(workspace, err, launcher=True)
     print(f"torchrun exited {code} after forwarding SIGTERM")
     resumed = torchrun(data, tmp_path, "resumed", extra=["--resume", "auto"])
     assert finish(resumed, timeout=300) == 0, (tmp_path / "resumed.err").read_text()[-3000:]

@@ -73,13 +73,16 @@ def setup(requested_device: str | None = None, backend: str | None = None,
     return env
 
 
+def _store_address() -> str:
+    return f"{os.environ.get('MASTER_ADDR', '?')}:{os.environ.get('MASTER_PORT', '?')}"
+
+
 def _connect_store(timeout_s: float) -> dist.Store:
     """The key-value store at MASTER_ADDR:MASTER_PORT (torchrun's agent store, or rank 0's own)."""
-    where = f"{os.environ.get('MASTER_ADDR', '?')}:{os.environ.get('MASTER_PORT', '?')}"
     try:
         store, _, _ = next(dist.rendezvous("env://", timeout=datetime.timedelta(seconds=timeout_s)))
     except (RuntimeError, ValueError, TimeoutError) as err:  # torch's DistNetworkError / DistStoreError are these
-        raise JoinTimeout(f"cannot reach the rendezvous store at {where} within {timeout_s:g} s (--join-timeout): "
+        raise JoinTimeout(f"cannot reach the rendezvous store at {_store_address()} within {timeout_s:g} s (--join-timeout): "
                           f"{first_line(err)}; check MASTER_ADDR / MASTER_PORT and that rank 0 was started.") from None
     if isinstance(store, dist.PrefixStore):
         # Older torch (2.4.1; until pytorch/pytorch#135957) puts torchrun's workers under
@@ -129,7 +132,7 @@ def join_round(store: dist.Store, rank: int, world_size: int, timeout_s: float) 
             ranks = ", ".join(map(str, sorted(missing)))
             raise JoinTimeout(f"rank(s) {ranks} of {world_size} did not join within {timeout_s:g} s (--join-timeout); "
                               "check that every node was launched (torchrun --nnodes / --node-rank) and reaches "
-                              f"{os.environ.get('MASTER_ADDR', '?')}:{os.environ.get('MASTER_PORT', '?')}.")
+                              f"{_store_address()}.")
         time.sleep(0.05)
 
 

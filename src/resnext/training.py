@@ -45,8 +45,7 @@ from .optim import LRSchedule, build_optimizer
 from .preemption import StopSignal
 from .recipe import TrainConfig
 from .step import GraphedStep, TrainStep, check_supported, make_step
-from .workspace import check_resume_compatible, claim_workspace, locate_resume, prepare_workspace, \
-    report_resume_changes
+from .workspace import check_resume_compatible, claim_workspace, locate_resume, report_resume_changes
 
 notices = logging.getLogger("resnext")
 
@@ -130,8 +129,8 @@ def train(config: TrainConfig) -> dict:
             set_gpu_affinity(config.gpu_affinity, env)  # before the data workers start: they inherit it
             config.validate(env.world_size)  # refusals come before the workspace is made or taken
             check_supported(config, env.device, env.world_size)
-            with claim_workspace(config, env):
-                run, progress, resume_path = setup(config, env)
+            with claim_workspace(config, env) as workspace:
+                run, progress, resume_path = setup(config, env, workspace)
                 try:
                     log_parameters(run, progress, resume_path)
                     if config.evaluate:
@@ -143,13 +142,12 @@ def train(config: TrainConfig) -> dict:
             distributed.teardown(env)
 
 
-def setup(config: TrainConfig, env: DistEnv) -> tuple[Run, Progress, Path | None]:
+def setup(config: TrainConfig, env: DistEnv, workspace: Path) -> tuple[Run, Progress, Path | None]:
     """Build the run `config` (validated: train() does it) describes on this process, restored from its checkpoint
-    when resuming."""
+    when resuming. `workspace` is the folder claim_workspace created and owns."""
     precision = resolve_precision(config.training_precision(env.device.type), env.device)
     memory_format = resolve_memory_format(config.training_memory_format(), env.device)
     configure_backends(precision, config.deterministic)
-    workspace = prepare_workspace(config, env)
     resume_path, state = locate_resume(config, workspace)
     from .data import resolve_backend
 
@@ -194,13 +192,11 @@ def setup(config: TrainConfig, env: DistEnv) -> tuple[Run, Progress, Path | None
                               dynamic=config.dynamic_loss_scale)
     progress = Progress()
     if state is not None:
-        progress = restore(state, model, ema, optimizer, scaler, config, env, steps_per_epoch)
+        progress = restore(state, model, ema, optimizer, scaler, config, env, steps_per_epoch, accumulation)
 
     ddp = None
     train_model = model
     if env.distributed:
-        # Buffers are not broadcast every step: rank 0's BN statistics are sent before evaluation and saving,
-        # which gives the same numbers with one broadcast per epoch instead of one per step.
         ddp = distributed.data_parallel(model, env)
         train_model = ddp
     if config.jit == "script":
@@ -221,7 +217,8 @@ def setup(config: TrainConfig, env: DistEnv) -> tuple[Run, Progress, Path | None
 
 
 def restore(state: dict, model: nn.Module, ema: ModelEMA | None, optimizer: torch.optim.Optimizer,
-            scaler: torch.amp.GradScaler, config: TrainConfig, env: DistEnv, steps_per_epoch: int) -> Progress:
+            scaler: torch.amp.GradScaler, config: TrainConfig, env: DistEnv, steps_per_epoch: int,
+            accumulation: int) -> Progress:
     """Load a checkpoint (ours, or NVIDIA's adapted to ours) into the freshly built objects; returns the position to
     continue from (the start under --evaluate, which continues nothing)."""
     state = ckpt.adapt_nvidia_state(state, model, optimizer, config, env, steps_per_epoch)
@@ -230,8 +227,8 @@ def restore(state: dict, model: nn.Module, ema: ModelEMA | None, optimizer: torc
     if config.evaluate:
         return Progress()
     return Progress(**ckpt.resume_position(state, tuple(Progress.__dataclass_fields__), batch_size=config.batch_size,
-                                           world_size=env.world_size, accumulation=config.accumulation_steps(
-                                               env.world_size), steps_per_epoch=steps_per_epoch))
+                                           world_size=env.world_size, accumulation=accumulation,
+                                           steps_per_epoch=steps_per_epoch))
 
 
 def build_loaders(config: TrainConfig, env: DistEnv, memory_format: torch.memory_format, state: dict | None = None,

@@ -24,17 +24,8 @@ from .recipe import TrainConfig
 notices = logging.getLogger("resnext")
 
 
-def prepare_workspace(config: TrainConfig, env: DistEnv) -> Path:
-    """Create `--workspace` on rank 0 and check it is writable; every rank waits for it. Raises UserError when it is
-    a file or cannot be written."""
-    workspace = Path(config.workspace)
-    if env.is_main:
-        _create_workspace(workspace)
-    distributed.barrier(env)
-    return workspace
-
-
 def _create_workspace(workspace: Path) -> None:
+    """Create `workspace` and check it is writable; UserError when it is a file or cannot be written."""
     if workspace.exists() and not workspace.is_dir():
         raise UserError(f"--workspace '{workspace}' is a file; pass a folder for checkpoints and logs.")
     try:
@@ -102,25 +93,17 @@ class WorkspaceLock:
             try:
                 fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
             except OSError as err:
-                error = err
-                break
-            try:  # the owner deletes the file when it ends: a lock on a deleted file holds nothing, so try again
-                if os.stat(self.path).st_ino == os.fstat(fd).st_ino:
-                    error = None
-                    break
-            except FileNotFoundError:
-                pass
+                os.close(fd)
+                if err.errno in (errno.EWOULDBLOCK, errno.EAGAIN, errno.EACCES):
+                    raise UserError(f"--workspace '{self.workspace}' is in use by another run "
+                                    f"({describe_holder(self._read_holder())}); wait for it to end, stop it, or "
+                                    "choose another --workspace.") from None
+                notices.warning(f"warning: the filesystem of --workspace '{self.workspace}' does not support file "
+                                f"locks ({err.strerror}); nothing stops a second run from using it.")
+                return
+            if self._is_lock_file(fd):  # the owner deletes the file when it ends: a lock on a deleted file holds
+                break                   # nothing, so try again on the new one
             os.close(fd)
-        if error is not None:
-            err = error
-            os.close(fd)
-            if err.errno in (errno.EWOULDBLOCK, errno.EAGAIN, errno.EACCES):
-                raise UserError(f"--workspace '{self.workspace}' is in use by another run "
-                                f"({describe_holder(self._read_holder())}); wait for it to end, stop it, or choose "
-                                "another --workspace.") from None
-            notices.warning(f"warning: the filesystem of --workspace '{self.workspace}' does not support file locks "
-                            f"({err.strerror}); nothing stops a second run from using it.")
-            return
         self._fd = fd
         previous = self._read_holder()
         if previous is not None:
@@ -136,6 +119,13 @@ class WorkspaceLock:
                   "since": datetime.datetime.now().astimezone().isoformat(timespec="seconds"),
                   "command": " ".join(sys.argv)[:500]}
         atomic_write(self.holder_path, lambda handle: handle.write(json.dumps(holder).encode()))
+
+    def _is_lock_file(self, fd: int) -> bool:
+        """Whether `fd` is the file now at WORKSPACE/.resnext.lock (not one its owner deleted meanwhile)."""
+        try:
+            return os.stat(self.path).st_ino == os.fstat(fd).st_ino
+        except FileNotFoundError:
+            return False
 
     def release(self) -> None:
         if self._fd is None:

@@ -18,7 +18,6 @@ import json
 import os
 from pathlib import Path
 
-from ..paths import atomic_write
 from ..recipe import DATA_BACKENDS, PRECISIONS
 from .options import (add_class_map_argument, add_exif_argument, add_preprocessing_arguments, add_weights_arguments,
                       non_negative_int, positive_int)

@@ -255,7 +255,6 @@ def decode_file(path: str | os.PathLike, max_pixels: int | None = None, exif_ori
     return decode_pixels(read_bytes(path), path, max_pixels, exif_orientation)
 
 
-
 # libjpeg's IDCT can output 1/1, 1/2, 1/4 or 1/8 of the full size: each 8x8 block becomes 8, 4, 2 or 1 pixels.
 DCT_SCALE_DENOMINATORS = (8, 4, 2)
 

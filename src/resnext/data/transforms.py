@@ -111,6 +111,10 @@ class TrainAugment:
         """Crop `box` of `image`, resize it to image_size (antialiased), flip, AutoAugment with `rng`."""
         image = F.resized_crop(image, *box, [self.image_size, self.image_size], interpolation=self.interpolation,
                                antialias=True)
+        return self.flip_and_augment(image, flip, rng)
+
+    def flip_and_augment(self, image: Tensor, flip: bool, rng: random.Random) -> Tensor:
+        """The resized crop, flipped when `flip`, then AutoAugmented (when on) with `rng`."""
         if flip:
             image = F.horizontal_flip(image)
         return self.auto_augment(image, rng)
@@ -139,10 +143,7 @@ class TrainAugment:
         top, left, height, width = box
         resized = Image.fromarray(pixels).resize((self.image_size, self.image_size), PIL_FILTERS[self.interpolation],
                                                  box=(left, top, left + width, top + height))
-        image = torch.from_numpy(np.array(resized)).permute(2, 0, 1)
-        if flip:
-            image = F.horizontal_flip(image)
-        return self.auto_augment(image, rng)
+        return self.flip_and_augment(torch.from_numpy(np.array(resized)).permute(2, 0, 1), flip, rng)
 
 
 def eval_resize_crop(image: Tensor, image_size: int = 224, crop_pct: float = 0.875,
