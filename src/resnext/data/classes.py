@@ -236,9 +236,8 @@ def read_class_map(path: str | os.PathLike) -> dict[str, str | int]:
         if not row or not "".join(row).strip():
             continue
         if len(row) != 2:
-            raise UserError(f"line {number} of the class map '{path}' has {len(row)} field{'' if len(row) == 1 else 's'}"
-                            "; each line is "
-                            "`folder,class` (or write a .json file).")
+            raise UserError(f"line {number} of the class map '{path}' has {len(row)} "
+                            f"field{'' if len(row) == 1 else 's'}; each line is `folder,class` (or write a .json file).")
         folder, target = (value.strip() for value in row)
         if number == 1 and (folder, target) == ("folder", "class"):
             continue
