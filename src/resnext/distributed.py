@@ -20,6 +20,7 @@ from torch import nn
 
 from .device import resolve_device
 from .errors import JoinTimeout, UserError, first_line
+from .recipe import JOIN_TIMEOUT_S
 
 
 @dataclass
@@ -39,7 +40,6 @@ class DistEnv:
         return self.rank == 0
 
 
-JOIN_TIMEOUT_S = 600.0  # --join-timeout's default: torchrun's own rendezvous join_timeout
 COLLECTIVE_TIMEOUT = datetime.timedelta(minutes=30)  # torch's default for gloo; a checkpoint write fits in it
 
 

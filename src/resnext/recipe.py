@@ -26,6 +26,7 @@ PRECISIONS = ("amp", "amp-bf16", "tf32", "fp32")
 LR_SCHEDULES = ("step", "linear", "cosine")
 OPTIMIZERS = ("sgd", "rmsprop")
 DATA_BACKENDS = ("pytorch", "gpu", "dali-cpu", "dali-gpu", "synthetic")
+JOIN_TIMEOUT_S = 600  # --join-timeout's default: torchrun's own rendezvous join_timeout
 JPEG_DECODES = ("scaled", "full")  # the pytorch backend's training decode (resnext.data.create_loader)
 MEMORY_FORMATS = ("nchw", "nhwc")
 CONV_INITS = ("fan_in", "fan_out")
@@ -343,7 +344,7 @@ class TrainConfig:
         None, "--dist-backend", group="precision and speed", choices=("nccl", "gloo"), none=True,
         nvidia_parser=None, help="torchrun process group backend (default: nccl on GPUs, gloo on CPUs)")
     join_timeout: int = option(
-        600, "--join-timeout", group="precision and speed", type=int, low=1, metavar="SECONDS", nvidia_parser=None,
+        JOIN_TIMEOUT_S, "--join-timeout", group="precision and speed", type=int, low=1, metavar="SECONDS", nvidia_parser=None,
         help="seconds torchrun ranks wait for each other at start-up; then one line names the missing ranks "
              "(instead of waiting forever)")
     seed: int | None = option(
