@@ -39,37 +39,14 @@ def measure_loader(loader, warmup_batches: int = 10, timed_batches: int = 50, wi
     a stall at an epoch boundary does not move. `batch_time_ms` is the time per batch (the training loop's
     "data time" when the model is faster than the loader).
     """
-    if timed_batches < 1 or warmup_batches < 0 or window < 1:
-        raise UserError("measure_loader needs timed_batches >= 1, warmup_batches >= 0 and window >= 1.")
-    batches = _batches(loader)
-    for _ in range(warmup_batches):
-        synchronize(next(batches)[0].device)
-    times, sizes = [], []
-    last = time.perf_counter()
-    for _ in range(timed_batches):
-        images, _labels = next(batches)
-        synchronize(images.device)
-        now = time.perf_counter()
-        times.append(now - last)
-        sizes.append(len(images))
-        last = now
-    rates = [sum(sizes[i:i + window]) / sum(times[i:i + window]) for i in range(0, timed_batches, window)]
-    return {
-        "backend": getattr(loader, "backend", type(loader).__name__),
-        "images_per_second": statistics.median(rates),
-        "window_images_per_second": rates,
-        "batch_time_ms": {"median": 1000 * statistics.median(times), "mean": 1000 * statistics.fmean(times),
-                          "max": 1000 * max(times)},
-        "timed_batches": timed_batches,
-        "images": sum(sizes),
-        "batch_shape": list(images.shape),
-        "device": str(images.device),
-    }
+    name = getattr(loader, "backend", type(loader).__name__)
+    return measure_alternately({name: loader}, warmup_batches, timed_batches, window)[name]
 
 
 def measure_alternately(loaders: dict, warmup_batches: int = 10, timed_batches: int = 50, window: int = 10,
                         drain_batches: int = 0) -> dict:
-    """measure_loader's figures for several loaders timed in turns: a window of each, round after round.
+    """measure_loader's figures for several loaders timed in turns: a window of each, round after round (one
+    loader: measure_loader).
 
     Taking turns exposes all of them to the same machine load (other jobs, turbo, page cache), so their ratios
     hold even where the absolute rates drift. Each loader keeps its workers between turns, which then prepare
