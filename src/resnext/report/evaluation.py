@@ -6,6 +6,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from ..errors import UserError
+from ..paths import atomic_write
 from .log import number
 
 EVALUATION_NAME = "evaluation.json"
@@ -93,8 +94,6 @@ def write_evaluation(evaluation: dict, path: str | Path) -> Path:
     Named EVALUATION_NAME in a training workspace, `resnext report` shows it with the run (`resnext evaluate
     --output-json` and `resnext demo` write it this way).
     """
-    from ..checkpoint import atomic_write
-
     text = json.dumps(evaluation, indent=1)
     return atomic_write(Path(path), lambda handle: handle.write(text.encode("utf-8")))
 
