@@ -7,6 +7,13 @@ class UserError(Exception):
     exit_code = 2
 
 
+def listed(names, limit: int = 5) -> str:
+    """The first `limit` names joined by commas, then "and N more": a list quoted inside a one-line error."""
+    names = [str(name) for name in names]
+    shown = ", ".join(names[:limit])
+    return shown + (f" and {len(names) - limit} more" if len(names) > limit else "")
+
+
 def first_line(err: BaseException) -> str:
     """An exception's message cut to its first line, for quoting inside a one-line error."""
     lines = str(err).strip().splitlines()

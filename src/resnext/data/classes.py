@@ -28,7 +28,7 @@ from importlib import resources
 from pathlib import Path
 from typing import Mapping, Sequence
 
-from ..errors import UserError
+from ..errors import UserError, listed
 
 IMAGENET_CLASSES = 1000
 MAP_HINT = 'map {} with --class-map FILE (a JSON object {{"folder": "class name or index"}})'
@@ -77,11 +77,6 @@ def _is_imagenet(names: Sequence[str] | None, num_classes: int) -> bool:
     from ..weights import imagenet_class_names
 
     return list(names) == imagenet_class_names()
-
-
-def _listed(names: Sequence[str], limit: int = 6) -> str:
-    shown = ", ".join(str(name) for name in list(names)[:limit])
-    return shown + (f" and {len(names) - limit} more" if len(names) > limit else "")
 
 
 def _plural(items: Sequence, one: str, many: str) -> str:
@@ -147,8 +142,8 @@ def match_classes(folders: Sequence[str], weights_classes: Sequence[str] | None 
             it = _plural(unknown, "it", "them")
             fix = (f"rename {it} to the weights' class names, or {MAP_HINT.format(it)}"
                    if what == "class folder" else "use the names of the classes the weights were trained on")
-            raise UserError(f"{what}{_plural(unknown, '', 's')} {_listed(unknown)} of {data} {are} not among the "
-                            f"{num_classes} classes of {weights} ({_listed(weights_classes)}); {fix}.")
+            raise UserError(f"{what}{_plural(unknown, '', 's')} {listed(unknown, 6)} of {data} {are} not among the "
+                            f"{num_classes} classes of {weights} ({listed(weights_classes, 6)}); {fix}.")
         ambiguous = [folder for folder in rest if folder in shared]
         if ambiguous:
             folder = ambiguous[0]
@@ -160,7 +155,7 @@ def match_classes(folders: Sequence[str], weights_classes: Sequence[str] | None 
     elif rest:
         if labels:
             raise UserError(f"{weights} carry no class names, so --class-map must give every {what} of {data} "
-                            f"a class index; it leaves out {_listed(rest)}.")
+                            f"a class index; it leaves out {listed(rest, 6)}.")
         if len(folders) != num_classes:
             fix = ("use the dataset they were trained on (the same class folders), or map the folders to class "
                    "indices with --class-map FILE" if what == "class folder" else
@@ -180,7 +175,7 @@ def match_classes(folders: Sequence[str], weights_classes: Sequence[str] | None 
         missing = [names[label] for label in range(num_classes) if label not in set(labels.values())]
         if missing:
             raise UserError(f"{data} has no {what} for {len(missing)} of the {num_classes} classes of {weights} "
-                            f"({_listed(missing)}); continue on the classes the checkpoint was trained on (or "
+                            f"({listed(missing, 6)}); continue on the classes the checkpoint was trained on (or "
                             f"{MAP_HINT.format('the folders')}), or start a new run from its weights with "
                             "--pretrained-from-file.")
     return ClassLabels(tuple(names), labels, matched_by)
@@ -208,7 +203,7 @@ def _mapped_label(folder: str, target: str | int, weights_classes: list[str] | N
         raise UserError(f"--class-map maps folder {folder} to '{target}', which {len(positions)} classes of {weights} "
                         f"are called (indices {', '.join(map(str, positions))}); map it to one index instead.")
     raise UserError(f"--class-map maps folder {folder} to '{target}', which is not a class of {weights} "
-                    f"({_listed(weights_classes)}).")
+                    f"({listed(weights_classes, 6)}).")
 
 
 def read_class_map(path: str | os.PathLike) -> dict[str, str | int]:

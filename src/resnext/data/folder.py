@@ -18,7 +18,7 @@ from typing import Callable, Iterator, Sequence, TypeVar
 
 import numpy as np
 
-from ..errors import UserError
+from ..errors import UserError, listed
 from .classes import ClassLabels
 from .decode import UnreadableImageError
 
@@ -33,11 +33,6 @@ T = TypeVar("T")
 
 def is_image_file(name: str) -> bool:
     return name.lower().endswith(IMAGE_EXTENSIONS)
-
-
-def _list(names: list[str], limit: int = 5) -> str:
-    shown = ", ".join(names[:limit])
-    return shown + (f" and {len(names) - limit} more" if len(names) > limit else "")
 
 
 # Why a file or folder below a split is not used (data check lists them; loaders warn about all but hidden ones).
@@ -121,7 +116,7 @@ def _check_split(split_dir: Path) -> list[str]:
     classes = find_classes(split_dir)
     empty = [name for name in classes if not _has_image(split_dir / name)]
     if empty:
-        raise UserError(f"class folder{'s' if len(empty) > 1 else ''} {_list(empty)} in '{split_dir}' "
+        raise UserError(f"class folder{'s' if len(empty) > 1 else ''} {listed(empty)} in '{split_dir}' "
                         f"{'have' if len(empty) > 1 else 'has'} no images ({', '.join(IMAGE_EXTENSIONS)}) at any "
                         "depth; add images or remove the folder from train/ and val/.")
     return classes
@@ -152,8 +147,8 @@ def find_dataset(root: str | os.PathLike) -> tuple[Path, Path, list[str]]:
     if train_classes != val_classes:
         only_train = sorted(set(train_classes) - set(val_classes))
         only_val = sorted(set(val_classes) - set(train_classes))
-        parts = [f"only in train/: {_list(only_train)}" if only_train else "",
-                 f"only in val/: {_list(only_val)}" if only_val else ""]
+        parts = [f"only in train/: {listed(only_train)}" if only_train else "",
+                 f"only in val/: {listed(only_val)}" if only_val else ""]
         differences = "; ".join(part for part in parts if part)
         raise UserError(f"train/ and val/ of '{root}' have different class folders ({differences}); both must hold "
                         "the same classes.")
@@ -199,9 +194,9 @@ class ImageFolder:
             classes = ClassLabels.from_folders(list(classes))
         unlabelled = [name for name in folders if name not in classes.class_to_idx]
         if unlabelled:
-            raise UserError(f"class folder{'s' if len(unlabelled) > 1 else ''} {_list(unlabelled)} of '{self.root}' "
+            raise UserError(f"class folder{'s' if len(unlabelled) > 1 else ''} {listed(unlabelled)} of '{self.root}' "
                             f"{'have' if len(unlabelled) > 1 else 'has'} no label among the classes "
-                            f"{_list(list(classes.class_names))}; train/ and val/ must hold the same classes.")
+                            f"{listed(classes.class_names)}; train/ and val/ must hold the same classes.")
         self.class_names = list(classes.class_names)  # label i is class_names[i]
         self.class_to_idx = {name: classes.class_to_idx[name] for name in folders}
         self.left_out: list[tuple[str, str]] = []
