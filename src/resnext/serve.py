@@ -183,7 +183,7 @@ def serve(weights, *, use_ema: bool = False, arch: str | None = None, device: st
     server_options: Server's keyword arguments (model_name, host, http_port, grpc_port, metrics_port,
     max_batch_size, queue_delay_us, topk, log_file). on_ready(server) runs once the models answer.
     exif_orientation: MODEL_image turns each image upright by its EXIF orientation tag first (photos from
-    phones); class_names: names for weights without them, or a check of theirs (predict.class_names_for).
+    phones); class_names: names for weights without them, or a check of theirs (prediction.class_names_for).
     """
     predictor = Predictor.from_weights(weights, use_ema=use_ema, arch=arch, device=device, precision=precision,
                                        image_size=image_size, crop_pct=crop_pct, interpolation=interpolation,

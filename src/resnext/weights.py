@@ -37,9 +37,8 @@ import torch
 from torch import Tensor, nn
 
 from .checkpoint import FORMAT as CHECKPOINT_FORMAT
-from .paths import atomic_write
 from .errors import UserError, first_line
-from .paths import cache_home
+from .paths import atomic_write, cache_home
 from .models import ARCHS, ArchSpec, create_model, resolve_arch
 
 log = logging.getLogger("resnext.weights")

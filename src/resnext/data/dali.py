@@ -2,16 +2,16 @@
 
 Install with `pip install 'resnext[dali]'`. Two pipelines (`ops`):
 
-- "nvidia" (`resnext train`'s default, --dali-ops; NVIDIA's HybridTrainPipe / HybridValPipe in image_classification/dataloaders.py). Train:
-  decode (`dali-cpu`: on the CPU; `dali-gpu`: nvJPEG "mixed"), `random_resized_crop` to image_size (area 0.08-1,
-  aspect 3/4-4/3, 100 attempts, no antialiasing) where the decoder put the image, `crop_mirror_normalize` with a
-  coin-flip mirror. Eval: the "mixed" decoder for both backends, `resize` of the shorter side to image size + 32
-  (image_size / crop_pct with --crop-pct) without antialiasing, DALI's center crop. On a machine without a GPU
-  everything runs on the CPU.
-- "resnext" (ours: create_loader's default, evaluate / data compare, `--dali-ops resnext`): the same pixels as the pytorch backend would crop. Train:
-  `decoders.image_random_crop` (the same crop parameters), antialiased `resize`; eval: decode, antialiased resize
-  of the shorter side to round(image_size / crop_pct) and a center crop with torchvision's rounding. `dali-gpu`
-  decodes and resizes on the GPU, `dali-cpu` on the CPU.
+- "nvidia" (`resnext train`'s default, --dali-ops; NVIDIA's HybridTrainPipe / HybridValPipe in
+  image_classification/dataloaders.py). Train: decode (`dali-cpu`: on the CPU; `dali-gpu`: nvJPEG "mixed"),
+  `random_resized_crop` to image_size (area 0.08-1, aspect 3/4-4/3, 100 attempts, no antialiasing) where the decoder
+  put the image, `crop_mirror_normalize` with a coin-flip mirror. Eval: the "mixed" decoder for both backends,
+  `resize` of the shorter side to image size + 32 (image_size / crop_pct with --crop-pct) without antialiasing,
+  DALI's center crop. On a machine without a GPU everything runs on the CPU.
+- "resnext" (ours: create_loader's default, evaluate / data compare, `--dali-ops resnext`): the same pixels as the
+  pytorch backend would crop. Train: `decoders.image_random_crop` (the same crop parameters), antialiased `resize`;
+  eval: decode, antialiased resize of the shorter side to round(image_size / crop_pct) and a center crop with
+  torchvision's rounding. `dali-gpu` decodes and resizes on the GPU, `dali-cpu` on the CPU.
 
 Both normalize on the GPU when the device is CUDA (NVIDIA's arrangement); without a GPU, DALI runs with
 device_id=None.
